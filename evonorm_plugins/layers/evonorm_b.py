@@ -1,0 +1,71 @@
+"""EvoNorm B-series: batch-dependent layers that keep a running variance for evaluation."""
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..functional import _evonorm_batch, channel_affine
+from .base import EvoNormBase
+
+
+class EvoNormBatch(EvoNormBase):
+    """Common part of B0, B1 and B2: ``x / max(batch std, right term) · γ + β``.
+
+    The ``running_var`` buffer holds the biased batch variance averaged with ``momentum`` (the official
+    code's moving variance, initialized to 1); it is updated without autograd in training mode, used in
+    eval mode, and never receives NaN or inf. It stays float32 (or wider) when the module is cast to
+    half precision, because variances of fp16 activations overflow fp16.
+    """
+
+    def __init__(self, num_features: int, *, momentum: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(num_features, momentum=momentum, **kwargs)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1], got {momentum}; the paper uses 0.1")
+        self.momentum = float(momentum)
+        device = self.weight.device
+        if self.affine_only:
+            self.register_buffer("running_var", None)
+        else:
+            self.register_buffer("running_var", torch.ones(num_features, device=device, dtype=torch.float32))
+
+    def reset_running_stats(self) -> None:
+        """Set the running variance back to 1."""
+        if self.running_var is not None:
+            self.running_var.fill_(1.0)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "EvoNormBatch":
+        super()._apply(fn, recurse)
+        running_var = self.running_var
+        if running_var is not None and running_var.dtype in (torch.float16, torch.bfloat16):
+            self.running_var = running_var.float()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.affine_only:
+            return channel_affine(x, self.weight, self.bias)
+        return _evonorm_batch(
+            x, self.variant, self.running_var, self.v, self.weight, self.bias,
+            self.training, self.momentum, self.eps, self.apply_act, self.layer_name,
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", momentum={self.momentum}"
+
+
+class EvoNormB0(EvoNormBatch):
+    """EvoNorm-B0: ``x / max(√(s²_{N,H,W}(x)+ε), v·x + √(s²_{H,W}(x)+ε)) · γ + β``."""
+
+    has_v = True
+    variant = 0
+
+
+class EvoNormB1(EvoNormBatch):
+    """EvoNorm-B1: ``x / max(√(s²_{N,H,W}(x)+ε), (x+1)·√(μ_{H,W}(x²)+ε)) · γ + β``."""
+
+    variant = 1
+
+
+class EvoNormB2(EvoNormBatch):
+    """EvoNorm-B2: ``x / max(√(s²_{N,H,W}(x)+ε), √(μ_{H,W}(x²)+ε) − x) · γ + β``."""
+
+    variant = 2
