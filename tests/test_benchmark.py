@@ -1,0 +1,46 @@
+"""The layer benchmark's measurements (not its timings): saved-bytes accounting, ratios, table and CSV."""
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+SPEC = importlib.util.spec_from_file_location("bench_layers", Path(__file__).resolve().parents[1] / "benchmarks" / "layers.py")
+bench = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(bench)
+
+
+def test_saved_bytes_counts_each_storage_once():
+    x = torch.randn(4, 8, 5, 5, requires_grad=True)
+    input_bytes = x.numel() * 4
+    assert bench.saved_tensor_bytes(nn.ReLU(), x) == input_bytes  # ReLU saves its output
+    # x * x saves x twice: one storage.
+    assert bench.saved_tensor_bytes(type("Square", (nn.Module,), {"forward": lambda self, t: t * t})(), x) == input_bytes
+    bn_relu = nn.Sequential(nn.BatchNorm2d(8), nn.ReLU())
+    # x and the output; weight, running mean and variance, batch mean and inverse std (8 floats each)
+    assert bench.saved_tensor_bytes(bn_relu, x) == 2 * input_bytes + 5 * 8 * 4
+
+
+def test_run_writes_table_and_csv(tmp_path, capsys):
+    out = tmp_path / "layers.csv"
+    rows = bench.main(["--shapes", "2x32x4x4", "--layers", "B0", "S0", "--repeats", "1", "--warmup", "0", "--csv", str(out)])
+    printed = capsys.readouterr().out
+    labels = [row["layer"] for row in rows]
+    assert labels[:4] == ["BN+ReLU", "GN+ReLU", "EvoNormB0", "timm EvoNorm2dB0"] or labels[:3] == ["BN+ReLU", "GN+ReLU", "EvoNormB0"]
+    by_label = {row["layer"]: row for row in rows}
+    assert by_label["BN+ReLU"]["time_vs_bn_relu"] == pytest.approx(1.0)
+    assert by_label["GN+ReLU"]["saved_vs_gn_relu"] == pytest.approx(1.0)
+    s0 = by_label["EvoNormS0"]
+    assert s0["saved_vs_bn_relu"] == pytest.approx(s0["saved_MiB"] / by_label["BN+ReLU"]["saved_MiB"])
+    assert "| EvoNormS0 |" in printed
+    with out.open() as f:
+        written = list(csv.DictReader(f))
+    assert [row["layer"] for row in written] == labels
+    assert float(written[labels.index("EvoNormB0")]["saved_x_input"]) > 0
+
+
+def test_bad_shape_is_rejected():
+    with pytest.raises(SystemExit):
+        bench.main(["--shapes", "16x128x32"])
