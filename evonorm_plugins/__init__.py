@@ -4,6 +4,7 @@
 imported on demand.
 """
 from . import functional
+from .graph import Genome, GenomeError, GraphNormAct
 from .layers import (
     EvoNormB0,
     EvoNormB1,
@@ -14,6 +15,17 @@ from .layers import (
     EvoNormS1,
     EvoNormS2,
     EvoNormSample,
+)
+from .layers.baselines import BatchNormReLU, BatchNormSiLU, GroupNormReLU, GroupNormSiLU
+from .registry import (
+    UnknownLayerError,
+    get_genome,
+    get_layer,
+    get_layer_class,
+    list_layers,
+    load_genomes,
+    paper_genome,
+    register_layer,
 )
 
 __version__ = "0.1.0"
@@ -29,4 +41,19 @@ __all__ = [
     "EvoNormS0",
     "EvoNormS1",
     "EvoNormS2",
+    "BatchNormReLU",
+    "BatchNormSiLU",
+    "GroupNormReLU",
+    "GroupNormSiLU",
+    "Genome",
+    "GenomeError",
+    "GraphNormAct",
+    "UnknownLayerError",
+    "get_genome",
+    "get_layer",
+    "get_layer_class",
+    "list_layers",
+    "load_genomes",
+    "paper_genome",
+    "register_layer",
 ]

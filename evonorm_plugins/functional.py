@@ -33,6 +33,7 @@ from torch import Tensor
 __all__ = [
     "resolve_groups",
     "channel_affine",
+    "update_running_stat",
     "evonorm_b0",
     "evonorm_b1",
     "evonorm_b2",
@@ -108,16 +109,16 @@ def channel_affine(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Te
     return _affine(x.to(_compute_dtype(x)), weight, bias, shape).to(x.dtype)
 
 
-def _update_running_var(running_var: Tensor, batch_var: Tensor, momentum: float, count: int) -> None:
-    """``running_var ← (1 − momentum)·running_var + momentum·batch_var`` with no autograd graph.
+def update_running_stat(running: Tensor, batch: Tensor, momentum: float, count: int) -> None:
+    """``running ← (1 − momentum)·running + momentum·batch`` in place, with no autograd graph.
 
     Channels whose new value would not be finite keep their old value; batches with at most one value
     per channel (their variance is meaningless) leave the buffer untouched.
     """
     if count <= 1:
         return
-    new = running_var * (1.0 - momentum) + batch_var.detach().to(running_var.dtype) * momentum
-    running_var.copy_(torch.where(torch.isfinite(new), new, running_var))
+    new = running * (1.0 - momentum) + batch.detach().to(running.dtype) * momentum
+    running.copy_(torch.where(torch.isfinite(new), new, running))
 
 
 def _evonorm_batch(
@@ -149,7 +150,7 @@ def _evonorm_batch(
     if training:
         batch_var = torch.var(x3, dim=[0, 2], unbiased=False)
         if running_var is not None:
-            _update_running_var(running_var, batch_var, momentum, n * x3.shape[2])
+            update_running_stat(running_var, batch_var, momentum, n * x3.shape[2])
     elif running_var is not None:
         batch_var = running_var.to(dtype)
     else:

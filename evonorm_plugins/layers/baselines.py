@@ -1,0 +1,88 @@
+"""The usual baselines with the EvoNorm constructor: BatchNorm or GroupNorm followed by ReLU or SiLU.
+
+They subclass ``nn.BatchNorm2d`` / ``nn.GroupNorm`` so their state dicts are the standard ones.
+"""
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import check_host_kwargs, num_groups_for
+
+
+def _activation(act: type, apply_act: bool) -> nn.Module:
+    return act() if apply_act else nn.Identity()
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """``act(BatchNorm2d(x))``; ``apply_act=False`` drops the activation. ``groups``/``group_size`` are
+    accepted (unused) so configs can swap it with any registered layer."""
+
+    act_layer: type = nn.ReLU
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        apply_act: bool = True,
+        groups: int = 32,
+        group_size: Optional[int] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        **kwargs: Any,
+    ) -> None:
+        check_host_kwargs(type(self).__name__, kwargs)
+        super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
+        self.act = _activation(self.act_layer, apply_act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, self.momentum, self.eps)
+        return self.act(x)
+
+
+class GroupNormAct(nn.GroupNorm):
+    """``act(GroupNorm(x))`` with ``groups`` lowered to a divisor of C as for EvoNorm-S, or ``group_size``."""
+
+    act_layer: type = nn.ReLU
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        groups: int = 32,
+        group_size: Optional[int] = None,
+        apply_act: bool = True,
+        momentum: float = 0.1,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        **kwargs: Any,
+    ) -> None:
+        name = type(self).__name__
+        check_host_kwargs(name, kwargs)
+        super().__init__(num_groups_for(name, num_features, groups, group_size), num_features, eps=eps, device=device, dtype=dtype)
+        self.act = _activation(self.act_layer, apply_act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps))
+
+
+class BatchNormReLU(BatchNormAct):
+    act_layer = nn.ReLU
+
+
+class BatchNormSiLU(BatchNormAct):
+    act_layer = nn.SiLU
+
+
+class GroupNormReLU(GroupNormAct):
+    act_layer = nn.ReLU
+
+
+class GroupNormSiLU(GroupNormAct):
+    act_layer = nn.SiLU
