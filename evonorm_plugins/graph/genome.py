@@ -63,40 +63,40 @@ class Genome:
     def validate(self) -> None:
         """Raise :class:`GenomeError` naming the first bad node: unknown op, wrong arity, an input that
         does not exist or is not an earlier node (a cycle), or an output that does not depend on x."""
-        where = f"genome {self.name!r}" if self.name else "genome"
+        where = f"genome {self.name!r}: " if self.name else ""
         for index, node in enumerate(self.nodes):
             node_id = NUM_INITIAL_NODES + index
             primitive = PRIMITIVES.get(node.op)
             if primitive is None:
                 raise GenomeError(
-                    f"{where}: node {node_id} has unknown op {node.op!r}; known ops: {', '.join(PRIMITIVES)}"
+                    f"{where}node {node_id} has unknown op {node.op!r}; known ops: {', '.join(PRIMITIVES)}"
                 )
             if len(node.inputs) != primitive.arity:
                 raise GenomeError(
-                    f"{where}: node {node_id} ({node.op}) takes {primitive.arity} input(s), got "
+                    f"{where}node {node_id} ({node.op}) takes {primitive.arity} input(s), got "
                     f"{len(node.inputs)}: {list(node.inputs)}"
                 )
             for source in node.inputs:
                 if not isinstance(source, int) or isinstance(source, bool):
-                    raise GenomeError(f"{where}: node {node_id} ({node.op}) has input {source!r}; inputs are node ids (ints)")
+                    raise GenomeError(f"{where}node {node_id} ({node.op}) has input {source!r}; inputs are node ids (ints)")
                 if source < 0 or source >= self.num_nodes:
                     raise GenomeError(
-                        f"{where}: node {node_id} ({node.op}) reads node {source}, which does not exist "
+                        f"{where}node {node_id} ({node.op}) reads node {source}, which does not exist "
                         f"(dangling input; ids run from 0 to {self.num_nodes - 1})"
                     )
                 if source >= node_id:
                     raise GenomeError(
-                        f"{where}: node {node_id} ({node.op}) reads node {source}, which is not an earlier "
+                        f"{where}node {node_id} ({node.op}) reads node {source}, which is not an earlier "
                         f"node (a cycle or forward reference); inputs must be < {node_id}"
                     )
         for key, value in (("output", self.output), ("no_act_output", self.no_act_output)):
             if value is None and key == "no_act_output":
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.num_nodes:
-                raise GenomeError(f"{where}: {key} {value!r} is not a node id (0 to {self.num_nodes - 1})")
+                raise GenomeError(f"{where}{key} {value!r} is not a node id (0 to {self.num_nodes - 1})")
             if X not in self.ancestors(value):
                 raise GenomeError(
-                    f"{where}: {key} node {value} ({self.describe(value)}) does not depend on x, so the layer "
+                    f"{where}{key} node {value} ({self.describe(value)}) does not depend on x, so the layer "
                     f"would ignore its input; point {key} at a node computed from x (node 0)"
                 )
 
