@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Type, Union
 
 from torch import nn
 
@@ -51,6 +51,17 @@ class UnknownLayerError(KeyError):
 
 _registry: Dict[str, LayerEntry] = {}
 _env_loaded: Optional[str] = None
+_listeners: List[Callable[[str, Type[nn.Module]], None]] = []
+
+
+def add_registration_listener(callback: Callable[[str, Type[nn.Module]], None]) -> None:
+    """Call ``callback(name, cls)`` for every layer registered (or replaced) from now on.
+
+    The framework integrations use this to mirror the registry: a layer registered after
+    ``import evonorm_plugins.timm`` is usable in timm at once. Adding the same callback twice is a no-op.
+    """
+    if callback not in _listeners:
+        _listeners.append(callback)
 
 
 def make_layer_class(name: str, genome: Genome) -> Type[GraphNormAct]:
@@ -96,6 +107,8 @@ def register_layer(
             f"pass overwrite=True to replace it, or choose another name"
         )
     _registry[name] = LayerEntry(name, cls, genome)
+    for callback in _listeners:
+        callback(name, cls)
     return cls
 
 
@@ -199,6 +212,7 @@ _register_builtins()
 
 __all__ = [
     "ENV_VAR",
+    "add_registration_listener",
     "LayerEntry",
     "UnknownLayerError",
     "get_genome",

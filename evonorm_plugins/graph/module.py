@@ -150,7 +150,7 @@ class GraphNormAct(EvoNormBase):
         x3 = x.to(dtype).flatten(2)
         shape = [1, c, 1]
         if self.affine_only or x3.numel() == 0:
-            return _affine(x3, self.weight, self.bias, shape).reshape(x.shape).to(x.dtype)
+            return self.drop(_affine(x3, self.weight, self.bias, shape).reshape(x.shape).to(x.dtype))
         length = x3.shape[2]
         zero = torch.zeros((1, 1, 1), dtype=dtype, device=x.device)
         v0 = self.v0
@@ -170,7 +170,7 @@ class GraphNormAct(EvoNormBase):
                 b = values[self.second_input[i]] if self.second_input[i] >= 0 else a
                 values.append(elementwise(code, a, b, self.eps))
         y = values[self.output_index].expand(n, c, length)
-        return _affine(y, self.weight, self.bias, shape).reshape(x.shape).to(x.dtype)
+        return self.drop(_affine(y, self.weight, self.bias, shape).reshape(x.shape).to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, groups={self.groups}, momentum={self.momentum}, genome={self.program.hash()}: {self.program.formula()}"

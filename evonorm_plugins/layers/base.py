@@ -1,5 +1,5 @@
 """What every EvoNorm module shares: the uniform constructor, per-channel parameters and host keywords."""
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -17,7 +17,8 @@ def check_host_kwargs(layer: str, kwargs: Dict[str, Any]) -> None:
     if unknown:
         raise TypeError(
             f"{layer} got unexpected keyword argument(s) {unknown}; it accepts num_features, eps, groups, "
-            f"group_size, momentum, apply_act, affine_only, device, dtype (and ignores {sorted(HOST_KEYWORDS)})"
+            f"group_size, momentum, apply_act, affine_only, drop_layer, device, dtype (and ignores "
+            f"{sorted(HOST_KEYWORDS)})"
         )
 
 
@@ -53,6 +54,8 @@ class EvoNormBase(nn.Module):
             S0/S1: by the group std, S2: by the group RMS), for hosts that put a norm without an
             activation at the end of a residual branch.
         affine_only: the official code's ``nonlinearity=False``: ``x·γ + β`` with no normalization.
+        drop_layer: a module class (e.g. timm's DropBlock) applied to the output, as timm's norm-act
+            layers apply it between norm and activation; an EvoNorm has no such in-between point.
         device, dtype: factory arguments of the parameters (the running variance is always float32 or
             wider, see :meth:`_apply`).
         **kwargs: host keywords without meaning here (``act_layer``, ``act_kwargs``, ``inplace``) are
@@ -74,6 +77,7 @@ class EvoNormBase(nn.Module):
         momentum: float = 0.1,
         apply_act: bool = True,
         affine_only: bool = False,
+        drop_layer: Optional[Callable[[], nn.Module]] = None,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
         **kwargs: Any,
@@ -98,6 +102,7 @@ class EvoNormBase(nn.Module):
             self.v: Optional[nn.Parameter] = nn.Parameter(torch.ones(num_features, **factory))
         else:
             self.register_parameter("v", None)
+        self.drop = drop_layer() if drop_layer is not None else nn.Identity()
 
     def reset_parameters(self) -> None:
         """Back to the initial values v = 1, γ = 1, β = 0."""

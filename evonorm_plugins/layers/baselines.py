@@ -2,7 +2,7 @@
 
 They subclass ``nn.BatchNorm2d`` / ``nn.GroupNorm`` so their state dicts are the standard ones.
 """
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,11 @@ from .base import check_host_kwargs, num_groups_for
 
 def _activation(act: type, apply_act: bool) -> nn.Module:
     return act() if apply_act else nn.Identity()
+
+
+def _drop(drop_layer: Optional[Callable[[], nn.Module]]) -> nn.Module:
+    """timm's convention: an optional drop module (e.g. DropBlock) between the norm and the activation."""
+    return drop_layer() if drop_layer is not None else nn.Identity()
 
 
 class BatchNormAct(nn.BatchNorm2d):
@@ -30,19 +35,21 @@ class BatchNormAct(nn.BatchNorm2d):
         apply_act: bool = True,
         groups: int = 32,
         group_size: Optional[int] = None,
+        drop_layer: Optional[Callable[[], nn.Module]] = None,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
         **kwargs: Any,
     ) -> None:
         check_host_kwargs(type(self).__name__, kwargs)
         super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
+        self.drop = _drop(drop_layer)
         self.act = _activation(self.act_layer, apply_act)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
         x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, self.momentum, self.eps)
-        return self.act(x)
+        return self.act(self.drop(x))
 
 
 class GroupNormAct(nn.GroupNorm):
@@ -59,6 +66,7 @@ class GroupNormAct(nn.GroupNorm):
         group_size: Optional[int] = None,
         apply_act: bool = True,
         momentum: float = 0.1,
+        drop_layer: Optional[Callable[[], nn.Module]] = None,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
         **kwargs: Any,
@@ -66,10 +74,11 @@ class GroupNormAct(nn.GroupNorm):
         name = type(self).__name__
         check_host_kwargs(name, kwargs)
         super().__init__(num_groups_for(name, num_features, groups, group_size), num_features, eps=eps, device=device, dtype=dtype)
+        self.drop = _drop(drop_layer)
         self.act = _activation(self.act_layer, apply_act)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps))
+        return self.act(self.drop(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)))
 
 
 class BatchNormReLU(BatchNormAct):

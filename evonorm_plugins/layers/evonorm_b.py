@@ -42,11 +42,11 @@ class EvoNormBatch(EvoNormBase):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.affine_only:
-            return channel_affine(x, self.weight, self.bias)
-        return _evonorm_batch(
+            return self.drop(channel_affine(x, self.weight, self.bias))
+        return self.drop(_evonorm_batch(
             x, self.variant, self.running_var, self.v, self.weight, self.bias,
             self.training, self.momentum, self.eps, self.apply_act, self.layer_name,
-        )
+        ))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", momentum={self.momentum}"

@@ -20,10 +20,10 @@ class EvoNormSample(EvoNormBase):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.affine_only:
-            return channel_affine(x, self.weight, self.bias)
-        return _evonorm_sample(
+            return self.drop(channel_affine(x, self.weight, self.bias))
+        return self.drop(_evonorm_sample(
             x, self.variant, self.groups, self.v, self.weight, self.bias, self.eps, self.apply_act, self.layer_name
-        )
+        ))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", groups={self.groups}"
