@@ -30,10 +30,14 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from .kernels.batch import evonorm_batch_fused
+from .kernels.sample import evonorm_sample_fused
+
 __all__ = [
     "resolve_groups",
     "channel_affine",
     "update_running_stat",
+    "set_lean_kernels",
     "evonorm_b0",
     "evonorm_b1",
     "evonorm_b2",
@@ -41,6 +45,30 @@ __all__ = [
     "evonorm_s1",
     "evonorm_s2",
 ]
+
+
+_lean_kernels_enabled = True
+
+
+def set_lean_kernels(enabled: bool) -> None:
+    """Turn the memory-lean kernels (:mod:`evonorm_plugins.kernels`) on (default) or off.
+
+    Off, every layer runs its reference implementation in plain autograd ops: same numbers, about 4×
+    the memory for backward and slower. TorchScript, tracing, ``torch.compile`` and ONNX export always
+    use the reference implementation (the compilers fuse it themselves).
+    """
+    global _lean_kernels_enabled
+    _lean_kernels_enabled = bool(enabled)
+
+
+@torch.jit.unused
+def _use_lean_kernels(x: Tensor) -> bool:
+    if not _lean_kernels_enabled or x.numel() == 0 or x.dim() < 3 or not x.is_floating_point():
+        return False
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return False
+    compiler = getattr(torch, "compiler", None)
+    return not (compiler is not None and (compiler.is_compiling() or getattr(compiler, "is_exporting", bool)()))
 
 
 def resolve_groups(num_channels: int, groups: int) -> int:
@@ -121,6 +149,23 @@ def update_running_stat(running: Tensor, batch: Tensor, momentum: float, count: 
     running.copy_(torch.where(torch.isfinite(new), new, running))
 
 
+def _check_batch_args(
+    x: Tensor, running_var: Optional[Tensor], v: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor],
+    training: bool, name: str,
+) -> None:
+    _check_input(x, name)
+    c = x.shape[1]
+    _check_channels(running_var, "running_var", c, name)
+    _check_channels(v, "v", c, name)
+    _check_channels(weight, "weight", c, name)
+    _check_channels(bias, "bias", c, name)
+    if not training and running_var is None:
+        raise ValueError(
+            f"{name}: evaluation (training=False) uses the running variance, but running_var is None; "
+            f"pass the running_var buffer, or training=True to use the batch variance"
+        )
+
+
 def _evonorm_batch(
     x: Tensor,
     variant: int,
@@ -134,13 +179,51 @@ def _evonorm_batch(
     apply_act: bool,
     name: str,
 ) -> Tensor:
-    """B0 (variant 0), B1 (1) or B2 (2) on a ``(N, C, L)`` view of the input."""
-    _check_input(x, name)
+    """B0 (variant 0), B1 (1) or B2 (2): the lean kernel where it can run, else the reference."""
+    if torch.jit.is_scripting() or not _use_lean_kernels(x):
+        return _evonorm_batch_reference(x, variant, running_var, v, weight, bias, training, momentum, eps, apply_act, name)
+    return _evonorm_batch_lean(x, variant, running_var, v, weight, bias, training, momentum, eps, apply_act, name)
+
+
+@torch.jit.unused
+def _evonorm_batch_lean(
+    x: Tensor,
+    variant: int,
+    running_var: Optional[Tensor],
+    v: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    training: bool,
+    momentum: float,
+    eps: float,
+    apply_act: bool,
+    name: str,
+) -> Tensor:
+    _check_batch_args(x, running_var, v, weight, bias, training, name)
+    left_var = None if training else running_var
+    y, batch_var = evonorm_batch_fused(x, variant, v, weight, bias, left_var, eps, apply_act)
+    if training and running_var is not None:
+        update_running_stat(running_var, batch_var, momentum, x.numel() // x.shape[1])
+    return y
+
+
+def _evonorm_batch_reference(
+    x: Tensor,
+    variant: int,
+    running_var: Optional[Tensor],
+    v: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    training: bool,
+    momentum: float,
+    eps: float,
+    apply_act: bool,
+    name: str,
+) -> Tensor:
+    """B0 (variant 0), B1 (1) or B2 (2) on a ``(N, C, L)`` view of the input, in plain autograd ops:
+    the specification the lean kernel is tested against, and the path for TorchScript and export."""
+    _check_batch_args(x, running_var, v, weight, bias, training, name)
     n, c = x.shape[0], x.shape[1]
-    _check_channels(running_var, "running_var", c, name)
-    _check_channels(v, "v", c, name)
-    _check_channels(weight, "weight", c, name)
-    _check_channels(bias, "bias", c, name)
     dtype = _compute_dtype(x)
     x3 = x.to(dtype).flatten(2)
     shape = [1, c, 1]
@@ -151,13 +234,9 @@ def _evonorm_batch(
         batch_var = torch.var(x3, dim=[0, 2], unbiased=False)
         if running_var is not None:
             update_running_stat(running_var, batch_var, momentum, n * x3.shape[2])
-    elif running_var is not None:
-        batch_var = running_var.to(dtype)
     else:
-        raise ValueError(
-            f"{name}: evaluation (training=False) uses the running variance, but running_var is None; "
-            f"pass the running_var buffer, or training=True to use the batch variance"
-        )
+        assert running_var is not None  # checked above; refines the type for TorchScript
+        batch_var = running_var.to(dtype)
     left = torch.sqrt(batch_var + eps).view(shape)
 
     if not apply_act:
@@ -174,6 +253,14 @@ def _evonorm_batch(
     return _affine(y, weight, bias, shape).reshape(x.shape).to(x.dtype)
 
 
+def _check_sample_args(x: Tensor, v: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor], name: str) -> None:
+    _check_input(x, name)
+    c = x.shape[1]
+    _check_channels(v, "v", c, name)
+    _check_channels(weight, "weight", c, name)
+    _check_channels(bias, "bias", c, name)
+
+
 def _evonorm_sample(
     x: Tensor,
     variant: int,
@@ -185,15 +272,44 @@ def _evonorm_sample(
     apply_act: bool,
     name: str,
 ) -> Tensor:
-    """S0 (variant 0), S1 (1) or S2 (2) on a ``(N, G, C/G, L)`` view of the input.
+    """S0 (variant 0), S1 (1) or S2 (2): the lean kernel where it can run, else the reference."""
+    if torch.jit.is_scripting() or not _use_lean_kernels(x):
+        return _evonorm_sample_reference(x, variant, groups, v, weight, bias, eps, apply_act, name)
+    return _evonorm_sample_lean(x, variant, groups, v, weight, bias, eps, apply_act, name)
 
-    Working on the grouped view lets per-group statistics broadcast without being expanded to x's size.
-    """
-    _check_input(x, name)
+
+@torch.jit.unused
+def _evonorm_sample_lean(
+    x: Tensor,
+    variant: int,
+    groups: int,
+    v: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: float,
+    apply_act: bool,
+    name: str,
+) -> Tensor:
+    _check_sample_args(x, v, weight, bias, name)
+    return evonorm_sample_fused(x, variant, resolve_groups(x.shape[1], groups), v, weight, bias, eps, apply_act)
+
+
+def _evonorm_sample_reference(
+    x: Tensor,
+    variant: int,
+    groups: int,
+    v: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: float,
+    apply_act: bool,
+    name: str,
+) -> Tensor:
+    """S0 (variant 0), S1 (1) or S2 (2) on a ``(N, G, C/G, L)`` view of the input, in plain autograd
+    ops (the specification, and the path for TorchScript and export). The grouped view lets
+    per-group statistics broadcast without being expanded to x's size."""
+    _check_sample_args(x, v, weight, bias, name)
     n, c = x.shape[0], x.shape[1]
-    _check_channels(v, "v", c, name)
-    _check_channels(weight, "weight", c, name)
-    _check_channels(bias, "bias", c, name)
     g = resolve_groups(c, groups)
     dtype = _compute_dtype(x)
     x3 = x.to(dtype).flatten(2)

@@ -24,7 +24,7 @@ raises a clear error otherwise.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, MutableMapping, MutableSet, Tuple, Type
+from typing import Any, Dict, List, MutableMapping, MutableSet, Set, Tuple, Type
 
 from torch import nn
 
@@ -39,6 +39,7 @@ except ImportError as error:  # pragma: no cover - exercised only without timm
 NAMESPACE = "evonorm_plugins."
 MIN_TIMM_VERSION = (0, 9)
 _timm_originals: Dict[str, Any] = {}  # timm's own entries replaced by an explicit override
+_mirrored: Set[Type[nn.Module]] = set()  # every class this module has put into timm's tables
 
 
 def timm_key(name: str) -> str:
@@ -62,13 +63,18 @@ def _timm_tables() -> Tuple[MutableMapping[str, Any], MutableSet[Any]]:
 
 
 def _register_one(name: str, cls: Type[nn.Module], override_timm_names: bool) -> List[str]:
-    """Add ``cls`` to timm's norm-act types and map its keys to it; returns the keys."""
+    """Add ``cls`` to timm's norm-act types and map its keys to it; returns the keys.
+
+    A plain key already mapped to a class of ours (an earlier registration under a name with the
+    same timm spelling) is replaced; one mapped to timm's own class only with the override.
+    """
     name_map, types = _timm_tables()
     types.add(cls)
+    _mirrored.add(cls)
     keys = [timm_key(NAMESPACE + name)]
     plain = timm_key(name)
     current = name_map.get(plain)
-    ours = current is None or current in types_of_ours()
+    ours = current is None or current in _mirrored
     if ours or override_timm_names:
         if not ours and plain not in _timm_originals:
             _timm_originals[plain] = current
@@ -76,11 +82,6 @@ def _register_one(name: str, cls: Type[nn.Module], override_timm_names: bool) ->
     for key in keys:
         name_map[key] = cls
     return keys
-
-
-def types_of_ours() -> set:
-    """The classes of every layer in the evonorm_plugins registry."""
-    return {get_layer_class(n) for n in list_layers()}
 
 
 def register(override_timm_names: bool = False) -> Dict[str, List[str]]:

@@ -8,10 +8,18 @@ from evonorm_plugins import functional as F
 from conftest import ALL_LAYERS, randomize_parameters
 
 
+@pytest.fixture(params=[True, False], ids=["lean", "reference"])
+def kernels(request):
+    """Run each check through the lean kernels and through the reference implementation."""
+    F.set_lean_kernels(request.param)
+    yield request.param
+    F.set_lean_kernels(True)
+
+
 @pytest.mark.parametrize("name", list(ALL_LAYERS))
 @pytest.mark.parametrize("apply_act", [True, False])
 @pytest.mark.parametrize("training", [True, False])
-def test_gradcheck(name, apply_act, training):
+def test_gradcheck(name, apply_act, training, kernels):
     layer = ALL_LAYERS[name](6, groups=3, apply_act=apply_act).double().train(training)
     randomize_parameters(layer)
     x = torch.randn(3, 6, 4, 3, dtype=torch.float64, requires_grad=True)
@@ -39,7 +47,7 @@ def test_gradcheck(name, apply_act, training):
 
 
 @pytest.mark.parametrize("name", ["B0", "S0"])
-def test_gradgradcheck(name):
+def test_gradgradcheck(name, kernels):
     """Second derivatives (used by gradient-penalty GAN losses and the stability rejection test)."""
     layer = ALL_LAYERS[name](4, groups=2).double()
     randomize_parameters(layer)

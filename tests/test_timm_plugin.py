@@ -103,7 +103,8 @@ def test_models_with_our_layers_script(arch):
     model = timm.create_model(arch, norm_layer=ep.EvoNormS0, num_classes=10).eval()
     scripted = torch.jit.script(model)
     x = torch.randn(1, 3, 32, 32)
-    torch.testing.assert_close(scripted(x), model(x))
+    # scripted models run the reference path, eager ones the lean kernels: float32 rounding differs
+    torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_unsupported_timm_is_a_clear_error(monkeypatch):

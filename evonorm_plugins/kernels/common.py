@@ -1,0 +1,47 @@
+"""Helpers shared by the lean kernels, which work on a 4-D view (N, G, C/G, L) of the input
+(G = 1 for the B-series, whose statistics are per channel)."""
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float32 for half-precision inputs, the input's own dtype otherwise."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def per_channel(param: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
+    """A (C,) parameter viewed as (1, G, C/G, 1) to broadcast over the grouped input."""
+    return param.to(dtype).view(1, groups, -1, 1)
+
+
+def affine_output(x: Tensor, a: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``a·scale + shift`` written into a new tensor of x's shape and dtype.
+
+    The result is a base tensor, not a view: hosts such as torchvision's ResNet add the residual to a
+    norm's output in place, which autograd forbids on a view returned by a custom Function.
+    """
+    if torch.is_grad_enabled() and (a.requires_grad or scale.requires_grad or shift.requires_grad):
+        return torch.addcmul(shift, a, scale).reshape(x.shape).to(x.dtype)  # double backward: out= has no autograd
+    out = torch.empty(x.shape, dtype=a.dtype, device=a.device)
+    torch.addcmul(shift, a, scale, out=out.view(a.shape))
+    return out.to(x.dtype)
+
+
+def channel_sums(t: Tensor, keep_batch: bool) -> Tensor:
+    """Σ over the spatial axis (and the batch unless ``keep_batch``), keeping 4-D shape."""
+    return t.sum(dim=3, keepdim=True) if keep_batch else t.sum(dim=(0, 3), keepdim=True)
+
+
+def differentiable_backward(
+    forward: Callable[[], Tensor], inputs: Sequence[Tensor], needs_grad: Sequence[bool], dy: Tensor
+) -> Tuple[Optional[Tensor], ...]:
+    """Backward by autograd through ``forward()`` (built from differentiable ops on the saved inputs),
+    with a graph: used when a double backward is asked for (``create_graph=True``, e.g. gradient
+    penalties), which the closed-form backward does not support."""
+    with torch.enable_grad():
+        y = forward()
+    wanted = [t for t, needed in zip(inputs, needs_grad) if needed]
+    grads = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if needed else None for needed in needs_grad)

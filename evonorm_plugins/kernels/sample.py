@@ -1,0 +1,113 @@
+"""Memory-lean S0/S1/S2: an autograd Function that saves only the input and per-group statistics.
+
+The reference path (``functional._evonorm_sample_reference``) lets autograd keep every intermediate
+(σ(v·x), x·σ, the normalized tensor, ...: 4× the input). Here backward recomputes the cheap
+element-wise parts from x and applies the closed-form gradient. Notation on the grouped view
+(N, G, C/G, L), M = C/G·L elements per group, per-channel γ, β, v:
+
+    s = σ(v·x),  a = x·s (or a = x without activation),  r = (stat + ε)^(-1/2),  y = a·r·γ + β
+    stat = var(x) (S0, S1) or μ(x²) (S2) over the group
+
+    dβ = Σ dy                      dγ = Σ dy·a·r                 da = dy·γ·r
+    dr = Σ_group dy·γ·a            dstat = -½·r³·dr
+    dx = da·(s + v·x·s·(1−s)) + dstat·2(x − μ)/M    (S2: dstat·2x/M)
+    dv = Σ da·x²·s·(1−s)
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .common import affine_output, channel_sums, compute_dtype, differentiable_backward, per_channel
+
+
+def _group_stats(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor]:
+    """(mean, r) per (N, G, 1, 1): r = 1/√(var + ε) (S0, S1) or 1/√(μ(x²) + ε) (S2)."""
+    n, g, cg, length = x4.shape
+    if variant == 2:
+        mean = torch.zeros((n, g, 1, 1), dtype=x4.dtype, device=x4.device)
+        return mean, torch.rsqrt(torch.mean(x4 * x4, dim=(2, 3), keepdim=True) + eps)
+    # native_group_norm's moments kernel is fast and numerically careful (torch.var is slow on CPU);
+    # its normalized output is discarded.
+    _, mean, rstd = torch.native_group_norm(x4.reshape(n, g * cg, length), None, None, n, g * cg, length, g, eps)
+    return mean.view(n, g, 1, 1), rstd.view(n, g, 1, 1)
+
+
+def sample_forward(
+    x: Tensor, variant: int, groups: int, v: Tensor, weight: Tensor, bias: Tensor, eps: float, apply_act: bool
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Output (in x's dtype) and the statistics backward needs: group mean and r."""
+    n, c = x.shape[0], x.shape[1]
+    dtype = compute_dtype(x)
+    x4 = x.to(dtype).reshape(n, groups, c // groups, -1)
+    mean, r = _group_stats(x4, variant, eps)
+    a = x4 * torch.sigmoid(x4 * per_channel(v, groups, dtype)) if apply_act else x4
+    scale = r * per_channel(weight, groups, dtype)  # (N, G, C/G, 1): r·γ, small
+    return affine_output(x, a, scale, per_channel(bias, groups, dtype)), mean, r
+
+
+class EvoNormSampleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, v: Tensor, weight: Tensor, bias: Tensor, variant: int, groups: int, eps: float, apply_act: bool) -> Tensor:  # type: ignore[override]
+        y, mean, r = sample_forward(x, variant, groups, v, weight, bias, eps, apply_act)
+        ctx.save_for_backward(x, v, weight, mean, r)
+        ctx.config = (variant, groups, apply_act)
+        ctx.bias, ctx.eps = bias, eps  # for a double backward only
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):  # type: ignore[override]
+        x, v, weight, mean, r = ctx.saved_tensors
+        variant, groups, apply_act = ctx.config
+        if torch.is_grad_enabled():
+            bias = ctx.bias
+            grads = differentiable_backward(
+                lambda: sample_forward(x, variant, groups, v, weight, bias, ctx.eps, apply_act)[0],
+                (x, v, weight, bias), ctx.needs_input_grad[:4], dy,
+            )
+            return (*grads, None, None, None, None)
+        n, c = x.shape[0], x.shape[1]
+        dtype = compute_dtype(x)
+        x4 = x.to(dtype).reshape(n, groups, c // groups, -1)
+        dy4 = dy.to(dtype).reshape(x4.shape)
+        gamma = per_channel(weight, groups, dtype)
+        if apply_act:
+            vv = per_channel(v, groups, dtype)
+            s = torch.sigmoid(x4 * vv)
+            a = x4 * s
+        else:
+            a = x4
+
+        needs_v, needs_weight, needs_bias = ctx.needs_input_grad[1:4]
+        dy_a = channel_sums(dy4 * a, keep_batch=True)  # Σ_l dy·a per (N, G, C/G, 1)
+        d_weight = (dy_a * r).sum(0).reshape(c) if needs_weight else None
+        d_bias = channel_sums(dy4, keep_batch=False).reshape(c) if needs_bias else None
+        d_stat = -0.5 * r ** 3 * (dy_a * gamma).sum(dim=2, keepdim=True)  # (N, G, 1, 1)
+        m = x4.shape[2] * x4.shape[3]
+        # the statistic's gradient is coef·x + offset per group: one fused pass below
+        coef = d_stat * (2.0 / m)
+        offset = -coef * mean
+        da = dy4 * (gamma * r)
+        if apply_act:
+            ds = s * (1.0 - s)
+            dx4 = da * (s + vv * x4 * ds)
+            d_v = channel_sums(da * x4 * x4 * ds, keep_batch=False).reshape(c) if needs_v else None
+        else:
+            dx4 = da
+            d_v = None
+        dx4 = torch.addcmul(dx4 + offset, x4, coef)
+        return dx4.reshape(x.shape).to(x.dtype), d_v, d_weight, d_bias, None, None, None, None
+
+
+def evonorm_sample_fused(
+    x: Tensor, variant: int, groups: int, v: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor], eps: float, apply_act: bool
+) -> Tensor:
+    """S0/S1/S2 with the lean backward; ``None`` parameters act as 1, 1, 0 and receive no gradient."""
+    c = x.shape[1]
+    options = dict(dtype=weight.dtype if weight is not None else torch.float32, device=x.device)
+    v_t = v if v is not None else torch.ones(c, **options)
+    w_t = weight if weight is not None else torch.ones(c, **options)
+    b_t = bias if bias is not None else torch.zeros(c, **options)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, v_t, w_t, b_t)):
+        return EvoNormSampleFunction.apply(x.contiguous(), v_t, w_t, b_t, variant, groups, eps, apply_act)
+    return sample_forward(x.contiguous(), variant, groups, v_t, w_t, b_t, eps, apply_act)[0]
