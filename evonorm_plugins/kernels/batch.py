@@ -19,24 +19,22 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .common import affine_output, channel_sums, compute_dtype, differentiable_backward, per_channel
+from .common import affine_output, channel_sums, compute_dtype, differentiable_backward, group_moments, per_channel
 
 
-def _batch_moments(x4: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance over (N, L), two-pass (torch.var is slow on CPU)."""
-    mean = torch.mean(x4, dim=(0, 3), keepdim=True)
-    centred = x4 - mean
-    return mean, torch.mean(centred * centred, dim=(0, 3), keepdim=True)
-
-
-def _instance_stats(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor]:
-    """(μ_L, si) for B0 or (0, ri) for B1/B2, each (N, 1, C, 1)."""
+def _statistics(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-channel batch mean and variance (1, 1, C, 1), and per instance (N, 1, C, 1) the mean and
+    ``si`` = √(s²_L + ε) (B0) or mean 0 and ``ri`` = √(μ_L(x²) + ε) (B1, B2), from one moments pass:
+    the batch variance is the mean instance variance plus the variance of the instance means."""
     n, _, c, length = x4.shape
+    inst_mean, inst_var = group_moments(x4.reshape(n, c, 1, length))
+    inst_mean, inst_var = inst_mean.view(n, 1, c, 1), inst_var.view(n, 1, c, 1)
+    batch_mean = inst_mean.mean(dim=0, keepdim=True)
+    spread = inst_mean - batch_mean
+    batch_var = inst_var.mean(dim=0, keepdim=True) + (spread * spread).mean(dim=0, keepdim=True)
     if variant == 0:
-        _, mean, rstd = torch.native_group_norm(x4.reshape(n, c, length), None, None, n, c, length, c, eps)
-        return mean.view(n, 1, c, 1), (1.0 / rstd).view(n, 1, c, 1)
-    second = torch.mean(x4 * x4, dim=3, keepdim=True)
-    return torch.zeros_like(second), torch.sqrt(second + eps)
+        return batch_mean, batch_var, inst_mean, torch.sqrt(inst_var + eps)
+    return batch_mean, batch_var, torch.zeros_like(inst_mean), torch.sqrt(inst_var + inst_mean * inst_mean + eps)
 
 
 def _right(x4: Tensor, variant: int, vv: Tensor, inst: Tensor) -> Tensor:
@@ -57,18 +55,12 @@ def batch_forward(
     n, c = x.shape[0], x.shape[1]
     dtype = compute_dtype(x)
     x4 = x.to(dtype).reshape(n, 1, c, -1)
-    if left_var is None:
-        batch_mean, batch_var = _batch_moments(x4)
-    else:
+    batch_mean, batch_var, inst_mean, inst = _statistics(x4, variant, eps)
+    if left_var is not None:  # eval: the running variance replaces the batch's
         batch_var = left_var.to(dtype).view(1, 1, c, 1)
         batch_mean = torch.zeros_like(batch_var)
     left = torch.sqrt(batch_var + eps)
-    if apply_act:
-        inst_mean, inst = _instance_stats(x4, variant, eps)
-        d = torch.maximum(left, _right(x4, variant, per_channel(v, 1, dtype), inst))
-    else:
-        inst_mean = inst = torch.zeros((n, 1, c, 1), dtype=dtype, device=x.device)
-        d = left
+    d = torch.maximum(left, _right(x4, variant, per_channel(v, 1, dtype), inst)) if apply_act else left
     y = affine_output(x, x4 / d, per_channel(weight, 1, dtype), per_channel(bias, 1, dtype))
     return y, batch_var.reshape(c), batch_mean, left, inst_mean, inst
 
@@ -100,49 +92,45 @@ class EvoNormBatchFunction(torch.autograd.Function):
         x4 = x.to(dtype).reshape(n, 1, c, -1)
         length = x4.shape[3]
         dy4 = dy.to(dtype).reshape(x4.shape)
-        gamma = per_channel(weight, 1, dtype)
         vv = per_channel(v, 1, dtype)
-
+        # Fresh full-size tensors are few and updated in place: on CPU each new one costs page faults.
         if apply_act:
-            right = _right(x4, variant, vv, inst)
-            wins = right > left
-            d = torch.where(wins, right, left)
+            d = _right(x4, variant, vv, inst)
+            wins = d > left
+            inv_d = d.clamp_min_(left).reciprocal_()
         else:
             wins = None
-            d = left
-        out = x4 / d  # y = out·γ + β
+            inv_d = left.reciprocal()
+        out = x4 * inv_d  # y = out·γ + β
         d_weight = channel_sums(dy4 * out, keep_batch=False).reshape(c) if needs_weight else None
         d_bias = channel_sums(dy4, keep_batch=False).reshape(c) if needs_bias else None
-        g = dy4 * gamma / d
-        dd = -g * out  # ∂L/∂d
-        dx4 = g
-        coef = torch.zeros_like(inst)  # dx gets coef·x + offset from the statistics
+        g = (dy4 * per_channel(weight, 1, dtype)).mul_(inv_d)  # ∂L/∂x through x/d at fixed d
+        neg_dd = out.mul_(g)  # −∂L/∂d
+        total = channel_sums(neg_dd, keep_batch=True)
+        coef = torch.zeros_like(inst)  # the statistics add coef·x + offset to dx
         offset = torch.zeros_like(inst)
         d_v = None
         if apply_act:
-            d_right = torch.where(wins, dd, torch.zeros_like(dd))
-            d_left_elems = dd - d_right
+            neg_dright = neg_dd.mul_(wins)  # −∂L/∂right where right is the max
+            right_sum = channel_sums(neg_dright, keep_batch=True)
+            total = total - right_sum  # what remains goes to left
             if variant == 0:
-                dx4 = torch.addcmul(dx4, d_right, vv)
-                d_inst = channel_sums(d_right, keep_batch=True)
                 if needs_v:
-                    d_v = channel_sums(d_right * x4, keep_batch=False).reshape(c)
-                coef = d_inst / (length * inst)
+                    d_v = -channel_sums(neg_dright * x4, keep_batch=False).reshape(c)
+                g.addcmul_(neg_dright, vv, value=-1.0)
+                coef = -right_sum / (length * inst)
                 offset = -coef * inst_mean
             elif variant == 1:
-                dx4 = torch.addcmul(dx4, d_right, inst)
-                coef = channel_sums(d_right * (x4 + 1.0), keep_batch=True) / (length * inst)
+                g.addcmul_(neg_dright, inst, value=-1.0)
+                coef = -(channel_sums(neg_dright * x4, keep_batch=True) + right_sum) / (length * inst)
             else:
-                dx4 = dx4 - d_right
-                coef = channel_sums(d_right, keep_batch=True) / (length * inst)
-        else:
-            d_left_elems = dd
+                g.add_(neg_dright)
+                coef = -right_sum / (length * inst)
         if batch_statistics:
-            d_left = channel_sums(d_left_elems, keep_batch=False)
-            left_coef = d_left / (n * length * left)
+            left_coef = -total.sum(dim=0, keepdim=True) / (n * length * left)
             coef = coef + left_coef
             offset = offset - left_coef * batch_mean
-        dx4 = torch.addcmul(dx4 + offset, x4, coef)
+        dx4 = g.addcmul_(x4, coef).add_(offset)
         return dx4.reshape(x.shape).to(x.dtype), d_v, d_weight, d_bias, None, None, None, None
 
 

@@ -11,6 +11,18 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
+def group_moments(x4: Tensor) -> Tuple[Tensor, Tensor]:
+    """Mean and biased variance over axes 2 and 3 of (N, G, C/G, L), each (N, G, 1, 1).
+
+    native_group_norm's moments kernel reads x once and is numerically careful (torch.var is several
+    times slower on CPU); its normalized output is discarded. The tiny ε keeps its inverse std finite
+    for constant groups, so the variance read back from it is exact to rounding.
+    """
+    n, g, cg, length = x4.shape
+    _, mean, rstd = torch.native_group_norm(x4.reshape(n, g * cg, length), None, None, n, g * cg, length, g, 1e-30)
+    return mean.view(n, g, 1, 1), rstd.pow(-2).view(n, g, 1, 1)
+
+
 def per_channel(param: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
     """A (C,) parameter viewed as (1, G, C/G, 1) to broadcast over the grouped input."""
     return param.to(dtype).view(1, groups, -1, 1)

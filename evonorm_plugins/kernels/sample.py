@@ -18,19 +18,16 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .common import affine_output, channel_sums, compute_dtype, differentiable_backward, per_channel
+from .common import affine_output, channel_sums, compute_dtype, differentiable_backward, group_moments, per_channel
 
 
 def _group_stats(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor]:
-    """(mean, r) per (N, G, 1, 1): r = 1/√(var + ε) (S0, S1) or 1/√(μ(x²) + ε) (S2)."""
-    n, g, cg, length = x4.shape
+    """(mean, r) per (N, G, 1, 1): r = 1/√(var + ε) (S0, S1), or mean 0 and r = 1/√(μ(x²) + ε) (S2),
+    μ(x²) being var + mean²: the statistic's gradient is then 2(x − mean)/M in both cases."""
+    mean, var = group_moments(x4)
     if variant == 2:
-        mean = torch.zeros((n, g, 1, 1), dtype=x4.dtype, device=x4.device)
-        return mean, torch.rsqrt(torch.mean(x4 * x4, dim=(2, 3), keepdim=True) + eps)
-    # native_group_norm's moments kernel is fast and numerically careful (torch.var is slow on CPU);
-    # its normalized output is discarded.
-    _, mean, rstd = torch.native_group_norm(x4.reshape(n, g * cg, length), None, None, n, g * cg, length, g, eps)
-    return mean.view(n, g, 1, 1), rstd.view(n, g, 1, 1)
+        return torch.zeros_like(mean), torch.rsqrt(var + mean * mean + eps)
+    return mean, torch.rsqrt(var + eps)
 
 
 def sample_forward(
@@ -79,23 +76,33 @@ class EvoNormSampleFunction(torch.autograd.Function):
             a = x4
 
         needs_v, needs_weight, needs_bias = ctx.needs_input_grad[1:4]
-        dy_a = channel_sums(dy4 * a, keep_batch=True)  # Σ_l dy·a per (N, G, C/G, 1)
+        n, c = x.shape[0], x.shape[1]
+        dtype = compute_dtype(x)
+        x4 = x.to(dtype).reshape(n, groups, c // groups, -1)
+        dy4 = dy.to(dtype).reshape(x4.shape)
+        gamma = per_channel(weight, groups, dtype)
+        # Fresh full-size tensors are few and updated in place: on CPU each new one costs page faults.
+        if apply_act:
+            vx = x4 * per_channel(v, groups, dtype)
+            s = torch.sigmoid(vx)
+            a = x4 * s
+        else:
+            a = x4
+        dy_a = channel_sums(dy4 * a, keep_batch=True)  # Σ_L dy·a per (N, G, C/G, 1)
         d_weight = (dy_a * r).sum(0).reshape(c) if needs_weight else None
         d_bias = channel_sums(dy4, keep_batch=False).reshape(c) if needs_bias else None
         d_stat = -0.5 * r ** 3 * (dy_a * gamma).sum(dim=2, keepdim=True)  # (N, G, 1, 1)
         m = x4.shape[2] * x4.shape[3]
-        # the statistic's gradient is coef·x + offset per group: one fused pass below
-        coef = d_stat * (2.0 / m)
-        offset = -coef * mean
+        coef = d_stat * (2.0 / m)  # the statistic adds coef·(x − mean) to dx
         da = dy4 * (gamma * r)
+        d_v = None
         if apply_act:
-            ds = s * (1.0 - s)
-            dx4 = da * (s + vv * x4 * ds)
-            d_v = channel_sums(da * x4 * x4 * ds, keep_batch=False).reshape(c) if needs_v else None
-        else:
-            dx4 = da
-            d_v = None
-        dx4 = torch.addcmul(dx4 + offset, x4, coef)
+            one_minus_s = torch.rsub(s, 1.0)
+            if needs_v:  # Σ da·x²·s(1−s) = Σ da·x·a·(1−s)
+                d_v = channel_sums(a.mul_(one_minus_s).mul_(x4).mul_(da), keep_batch=False).reshape(c)
+            # ∂a/∂x = s + v·x·s(1−s) = s·(1 + vx·(1−s))
+            da.mul_(vx.mul_(one_minus_s).add_(1.0).mul_(s))
+        dx4 = da.addcmul_(x4, coef).sub_(coef * mean)
         return dx4.reshape(x.shape).to(x.dtype), d_v, d_weight, d_bias, None, None, None, None
 
 
