@@ -2,7 +2,8 @@
 BatchNorm2d+ReLU, GroupNorm+ReLU and timm's EvoNorm2d* in one run.
 
     python benchmarks/layers.py                      # CPU, float32, default shapes
-    python benchmarks/layers.py --dtype bfloat16 --shapes 16x128x32x32 --csv out.csv
+    python benchmarks/layers.py --dtype float32 bfloat16 --shapes 16x128x32x32 --csv out.csv
+    python benchmarks/layers.py --preset resnet50 maskrcnn-fpn
     python benchmarks/layers.py --device cuda        # when a GPU is present
 
 Time is the median of ``--repeats`` forward+backward passes after ``--warmup`` passes. Saved bytes
@@ -25,7 +26,13 @@ from torch import nn
 
 import evonorm_plugins as ep
 
-DEFAULT_SHAPES = ["16x128x32x32", "8x64x64x64", "32x256x16x16"]
+PRESETS = {
+    "default": ["16x128x32x32", "8x64x64x64", "32x256x16x16"],
+    # ResNet-50 bottleneck widths where BN-ReLU sits, batch 16 at 224×224 (stages 1-4)
+    "resnet50": ["16x64x56x56", "16x128x28x28", "16x256x14x14", "16x512x7x7"],
+    # Mask R-CNN FPN levels P3-P5 for two 800×1333 images, and the mask head on 128 RoIs
+    "maskrcnn-fpn": ["2x256x100x168", "2x256x50x84", "2x256x25x42", "128x256x14x14"],
+}
 OURS = {
     "B0": ep.EvoNormB0, "B1": ep.EvoNormB1, "B2": ep.EvoNormB2,
     "S0": ep.EvoNormS0, "S1": ep.EvoNormS1, "S2": ep.EvoNormS2,
@@ -158,9 +165,10 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in DEFAULT_SHAPES])
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, help="NxCxHxW shapes (instead of --preset)")
+    parser.add_argument("--preset", nargs="+", choices=list(PRESETS), default=["default"], help="named shape sets")
     parser.add_argument("--layers", nargs="+", choices=list(OURS), default=list(OURS))
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16", "float16"], default=["float32"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -173,8 +181,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was asked for but no CUDA device is available; use --device cpu")
 
+    shapes = args.shapes or [parse_shape(s) for preset in args.preset for s in PRESETS[preset]]
     torch.manual_seed(0)
-    rows = measure(args.shapes, args.layers, getattr(torch, args.dtype), device, args.repeats, args.warmup)
+    rows = [row for dtype in args.dtype for row in measure(shapes, args.layers, getattr(torch, dtype), device, args.repeats, args.warmup)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}")
     print(format_table(rows))
     write_csv(rows, args.csv)

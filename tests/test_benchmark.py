@@ -44,3 +44,15 @@ def test_run_writes_table_and_csv(tmp_path, capsys):
 def test_bad_shape_is_rejected():
     with pytest.raises(SystemExit):
         bench.main(["--shapes", "16x128x32"])
+
+
+def test_several_dtypes_in_one_run(tmp_path):
+    rows = bench.main(["--shapes", "2x32x4x4", "--layers", "S0", "--dtype", "float32", "bfloat16", "--repeats", "1", "--warmup", "0", "--csv", str(tmp_path / "t.csv")])
+    assert {row["dtype"] for row in rows} == {"float32", "bfloat16"}
+    bf16_s0 = next(r for r in rows if r["dtype"] == "bfloat16" and r["layer"] == "EvoNormS0")
+    assert bf16_s0["saved_x_input"] == pytest.approx(1.0, abs=0.05)  # only the bf16 input is kept
+
+
+def test_presets_are_valid_shapes():
+    for shapes in bench.PRESETS.values():
+        assert all(len(bench.parse_shape(s)) == 4 for s in shapes)
