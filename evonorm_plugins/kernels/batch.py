@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .common import affine_output, channel_sums, compute_dtype, differentiable_backward, group_moments, per_channel
+from .common import affine_output, channel_sums, compute_dtype, default_parameters, differentiable_backward, group_moments, per_channel
 
 
 def _statistics(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -145,12 +145,8 @@ def evonorm_batch_fused(
     apply_act: bool,
 ) -> Tuple[Tensor, Tensor]:
     """B0/B1/B2 with the lean backward: (output, batch variance). ``None`` parameters act as 1, 1, 0."""
-    c = x.shape[1]
-    options = dict(dtype=weight.dtype if weight is not None else torch.float32, device=x.device)
-    v_t = v if v is not None else torch.ones(c, **options)
-    w_t = weight if weight is not None else torch.ones(c, **options)
-    b_t = bias if bias is not None else torch.zeros(c, **options)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, v_t, w_t, b_t)):
+    v_t, w_t, b_t, record = default_parameters(x, v, weight, bias)
+    if record:
         return EvoNormBatchFunction.apply(x.contiguous(), v_t, w_t, b_t, left_var, variant, eps, apply_act)
     y, batch_var = batch_forward(x.contiguous(), variant, v_t, w_t, b_t, left_var, eps, apply_act)[:2]
     return y, batch_var

@@ -11,6 +11,20 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
+def default_parameters(
+    x: Tensor, v: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor]
+) -> Tuple[Tensor, Tensor, Tensor, bool]:
+    """v, γ, β with ``None`` replaced by their initial values 1, 1, 0, and whether autograd must record
+    (grad mode on and some input requires grad): without it the kernels run their forward alone."""
+    c = x.shape[1]
+    options = dict(dtype=weight.dtype if weight is not None else torch.float32, device=x.device)
+    v_t = v if v is not None else torch.ones(c, **options)
+    w_t = weight if weight is not None else torch.ones(c, **options)
+    b_t = bias if bias is not None else torch.zeros(c, **options)
+    record = torch.is_grad_enabled() and any(t.requires_grad for t in (x, v_t, w_t, b_t))
+    return v_t, w_t, b_t, record
+
+
 def group_moments(x4: Tensor) -> Tuple[Tensor, Tensor]:
     """Mean and biased variance over axes 2 and 3 of (N, G, C/G, L), each (N, G, 1, 1).
 

@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .common import affine_output, channel_sums, compute_dtype, differentiable_backward, group_moments, per_channel
+from .common import affine_output, channel_sums, compute_dtype, default_parameters, differentiable_backward, group_moments, per_channel
 
 
 def _group_stats(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor]:
@@ -110,11 +110,7 @@ def evonorm_sample_fused(
     x: Tensor, variant: int, groups: int, v: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor], eps: float, apply_act: bool
 ) -> Tensor:
     """S0/S1/S2 with the lean backward; ``None`` parameters act as 1, 1, 0 and receive no gradient."""
-    c = x.shape[1]
-    options = dict(dtype=weight.dtype if weight is not None else torch.float32, device=x.device)
-    v_t = v if v is not None else torch.ones(c, **options)
-    w_t = weight if weight is not None else torch.ones(c, **options)
-    b_t = bias if bias is not None else torch.zeros(c, **options)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, v_t, w_t, b_t)):
+    v_t, w_t, b_t, record = default_parameters(x, v, weight, bias)
+    if record:
         return EvoNormSampleFunction.apply(x.contiguous(), v_t, w_t, b_t, variant, groups, eps, apply_act)
     return sample_forward(x.contiguous(), variant, groups, v_t, w_t, b_t, eps, apply_act)[0]
