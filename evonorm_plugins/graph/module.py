@@ -41,6 +41,9 @@ class GraphNormAct(EvoNormBase):
             at the end of residual branches.
         groups, group_size: channel groups of the ``*_group`` aggregations (same rule as EvoNorm-S).
         momentum: update of the running estimate kept for every batch aggregation in the program.
+        compile: run the program through ``torch.compile`` (built on the first forward; needs a C++
+            compiler on CPU, Triton on GPU): one fused kernel instead of one op per node. TorchScript
+            ignores it and interprets the program.
         eps, affine_only, device, dtype, host keywords: as for the EvoNorm layers.
 
     The trainable vectors ``v0`` (init 0) and ``v1`` (init 1) exist only when the program uses them.
@@ -60,9 +63,11 @@ class GraphNormAct(EvoNormBase):
         groups: int = 32,
         group_size: Optional[int] = None,
         momentum: float = 0.1,
+        compile: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_features, groups=groups, group_size=group_size, momentum=momentum, **kwargs)
+        self.compile_program = bool(compile)
         name = type(self).__name__
         if genome is None:
             genome = self.default_genome
@@ -143,6 +148,27 @@ class GraphNormAct(EvoNormBase):
         return grouped.expand(n, g, c // g, 1).reshape(n, c, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.compile_program and not torch.jit.is_scripting():
+            return self._compiled_run(x)
+        return self._run(x)
+
+    @torch.jit.unused
+    def _compiled_run(self, x: Tensor) -> Tensor:
+        """``_run`` through ``torch.compile``, built on first use (Inductor fuses the whole program)."""
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None:
+            compiled = torch.compile(self._run)
+            self.__dict__["_compiled"] = compiled
+        return compiled(x)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_compiled", None)  # compiled code does not pickle or deepcopy; rebuilt on use
+        return state
+
+    def _run(self, x: Tensor) -> Tensor:
+        """Interpret the program on x: the TorchScript-compatible reference of this layer."""
         _check_input(x, self.layer_name)
         n, c = x.shape[0], x.shape[1]
         _check_channels(self.weight, "weight", c, self.layer_name)
