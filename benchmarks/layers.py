@@ -57,6 +57,22 @@ def parse_shape(text: str) -> tuple:
     return shape
 
 
+class InKernelMode(nn.Module):
+    """Runs a layer's forward (and so its backward) with a given evonorm kernel mode."""
+
+    def __init__(self, layer: nn.Module, mode: str) -> None:
+        super().__init__()
+        self.layer, self.mode = layer, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        previous = ep.functional.kernel_mode()
+        ep.functional.set_kernel_mode(self.mode)
+        try:
+            return self.layer(x)
+        finally:
+            ep.functional.set_kernel_mode(previous)
+
+
 def timm_layers() -> Dict[str, Callable[[int], nn.Module]]:
     """timm's equivalents with our eps, or nothing when timm is not installed."""
     try:
@@ -111,8 +127,12 @@ def _ratio(a: float, b: Optional[float]) -> Optional[float]:
 
 
 def measure(
-    shapes: Sequence[tuple], layers: Sequence[str], dtype: torch.dtype, device: torch.device, repeats: int, warmup: int
+    shapes: Sequence[tuple], layers: Sequence[str], dtype: torch.dtype, device: torch.device, repeats: int, warmup: int,
+    graph: bool = False, compiled: bool = False,
 ) -> List[dict]:
+    """One row per candidate and shape; ``compiled`` adds our layers in the ``"compiled"`` kernel mode,
+    ``graph`` each layer's genome run by GraphNormAct, interpreted and compiled (``torch.compile``),
+    as an evolved layer would run."""
     timm = timm_layers()
     rows = []
     for shape in shapes:
@@ -120,10 +140,20 @@ def measure(
         x = (torch.randn(shape, device=device) * 2).to(dtype).requires_grad_()
         input_bytes = x.numel() * x.element_size()
         candidates: Dict[str, nn.Module] = {name: make(channels) for name, make in BASELINES.items()}
+        timm_label: Dict[str, str] = {}  # our row -> timm's row of the same layer
         for name in layers:
             candidates[f"EvoNorm{name}"] = OURS[name](channels)
+            if compiled:
+                candidates[f"EvoNorm{name} compiled"] = InKernelMode(OURS[name](channels), "compiled")
+                timm_label[f"EvoNorm{name} compiled"] = f"timm EvoNorm2d{name}"
             if name in timm:
                 candidates[f"timm EvoNorm2d{name}"] = timm[name](channels)
+                timm_label[f"EvoNorm{name}"] = f"timm EvoNorm2d{name}"
+            if graph:
+                genome = ep.paper_genome(f"EvoNorm{name}")
+                candidates[f"graph {name}"] = ep.GraphNormAct(channels, genome)
+                candidates[f"graph {name} compiled"] = ep.GraphNormAct(channels, genome, compile=True)
+                timm_label[f"graph {name}"] = timm_label[f"graph {name} compiled"] = f"timm EvoNorm2d{name}"
         for module in candidates.values():
             module.to(device).train()
         seconds_by_label = time_forward_backward(candidates, x, repeats, warmup)
@@ -131,7 +161,7 @@ def measure(
         bn_time, bn_saved = results["BN+ReLU"]
         gn_time, gn_saved = results["GN+ReLU"]
         for label, (seconds, saved) in results.items():
-            timm_time, timm_saved = results.get(f"timm EvoNorm2d{label[len('EvoNorm'):]}", (None, None)) if label.startswith("EvoNorm") else (None, None)
+            timm_time, timm_saved = results.get(timm_label.get(label, ""), (None, None))
             rows.append({
                 "shape": "x".join(map(str, shape)), "dtype": str(dtype).replace("torch.", ""), "device": str(device),
                 "layer": label, "ms": seconds * 1e3, "saved_MiB": saved / 2**20, "saved_x_input": saved / input_bytes,
@@ -170,6 +200,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser.add_argument("--layers", nargs="+", choices=list(OURS), default=list(OURS))
     parser.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16", "float16"], default=["float32"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--graph", action="store_true", help="add GraphNormAct rows (interpreted and compiled)")
+    parser.add_argument("--compiled", action="store_true", help='add rows for our layers in the "compiled" kernel mode')
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -183,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
 
     shapes = args.shapes or [parse_shape(s) for preset in args.preset for s in PRESETS[preset]]
     torch.manual_seed(0)
-    rows = [row for dtype in args.dtype for row in measure(shapes, args.layers, getattr(torch, dtype), device, args.repeats, args.warmup)]
+    rows = [row for dtype in args.dtype for row in measure(shapes, args.layers, getattr(torch, dtype), device, args.repeats, args.warmup, args.graph, args.compiled)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}")
     print(format_table(rows))
     write_csv(rows, args.csv)

@@ -31,13 +31,15 @@ import torch
 from torch import Tensor
 
 from .kernels.batch import evonorm_batch_fused
+from .kernels.common import kernel_mode, set_kernel_mode
 from .kernels.sample import evonorm_sample_fused
 
 __all__ = [
     "resolve_groups",
     "channel_affine",
     "update_running_stat",
-    "set_lean_kernels",
+    "set_kernel_mode",
+    "kernel_mode",
     "evonorm_b0",
     "evonorm_b1",
     "evonorm_b2",
@@ -47,23 +49,9 @@ __all__ = [
 ]
 
 
-_lean_kernels_enabled = True
-
-
-def set_lean_kernels(enabled: bool) -> None:
-    """Turn the memory-lean kernels (:mod:`evonorm_plugins.kernels`) on (default) or off.
-
-    Off, every layer runs its reference implementation in plain autograd ops: same numbers, about 4×
-    the memory for backward and slower. TorchScript, tracing, ``torch.compile`` and ONNX export always
-    use the reference implementation (the compilers fuse it themselves).
-    """
-    global _lean_kernels_enabled
-    _lean_kernels_enabled = bool(enabled)
-
-
 @torch.jit.unused
 def _use_lean_kernels(x: Tensor) -> bool:
-    if not _lean_kernels_enabled or x.numel() == 0 or x.dim() < 3 or not x.is_floating_point():
+    if kernel_mode() == "reference" or x.numel() == 0 or x.dim() < 3 or not x.is_floating_point():
         return False
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return False

@@ -8,12 +8,12 @@ from evonorm_plugins import functional as F
 from conftest import ALL_LAYERS, randomize_parameters
 
 
-@pytest.fixture(params=[True, False], ids=["lean", "reference"])
+@pytest.fixture(params=["eager", "reference"])
 def kernels(request):
     """Run each check through the lean kernels and through the reference implementation."""
-    F.set_lean_kernels(request.param)
+    F.set_kernel_mode(request.param)
     yield request.param
-    F.set_lean_kernels(True)
+    F.set_kernel_mode("eager")
 
 
 @pytest.mark.parametrize("name", list(ALL_LAYERS))

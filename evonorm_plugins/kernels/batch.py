@@ -19,7 +19,17 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .common import affine_output, channel_sums, compute_dtype, default_parameters, differentiable_backward, group_moments, per_channel
+from .common import (
+    affine_output,
+    channel_sums,
+    compute_dtype,
+    default_parameters,
+    differentiable_backward,
+    group_moments,
+    kernel,
+    kernel_mode,
+    per_channel,
+)
 
 
 def _statistics(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -65,12 +75,65 @@ def batch_forward(
     return y, batch_var.reshape(c), batch_mean, left, inst_mean, inst
 
 
+def batch_backward(
+    dy: Tensor, x: Tensor, v: Tensor, weight: Tensor, batch_mean: Tensor, left: Tensor, inst_mean: Tensor, inst: Tensor,
+    variant: int, apply_act: bool, batch_statistics: bool, needs_v: bool, needs_weight: bool, needs_bias: bool,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """The closed-form gradients (dx, dv, dγ, dβ) from the input and the forward's statistics."""
+    n, c = x.shape[0], x.shape[1]
+    dtype = compute_dtype(x)
+    x4 = x.to(dtype).reshape(n, 1, c, -1)
+    length = x4.shape[3]
+    dy4 = dy.to(dtype).reshape(x4.shape)
+    vv = per_channel(v, 1, dtype)
+    # Fresh full-size tensors are few and updated in place: on CPU each new one costs page faults.
+    if apply_act:
+        d = _right(x4, variant, vv, inst)
+        wins = d > left
+        inv_d = d.clamp_min_(left).reciprocal_()
+    else:
+        wins = None
+        inv_d = left.reciprocal()
+    out = x4 * inv_d  # y = out·γ + β
+    d_weight = channel_sums(dy4 * out, keep_batch=False).reshape(c) if needs_weight else None
+    d_bias = channel_sums(dy4, keep_batch=False).reshape(c) if needs_bias else None
+    g = (dy4 * per_channel(weight, 1, dtype)).mul_(inv_d)  # ∂L/∂x through x/d at fixed d
+    neg_dd = out.mul_(g)  # −∂L/∂d
+    total = channel_sums(neg_dd, keep_batch=True)
+    coef = torch.zeros_like(inst)  # the statistics add coef·x + offset to dx
+    offset = torch.zeros_like(inst)
+    d_v = None
+    if apply_act:
+        neg_dright = neg_dd.mul_(wins)  # −∂L/∂right where right is the max
+        right_sum = channel_sums(neg_dright, keep_batch=True)
+        total = total - right_sum  # what remains goes to left
+        if variant == 0:
+            if needs_v:
+                d_v = -channel_sums(neg_dright * x4, keep_batch=False).reshape(c)
+            g.addcmul_(neg_dright, vv, value=-1.0)
+            coef = -right_sum / (length * inst)
+            offset = -coef * inst_mean
+        elif variant == 1:
+            g.addcmul_(neg_dright, inst, value=-1.0)
+            coef = -(channel_sums(neg_dright * x4, keep_batch=True) + right_sum) / (length * inst)
+        else:
+            g.add_(neg_dright)
+            coef = -right_sum / (length * inst)
+    if batch_statistics:
+        left_coef = -total.sum(dim=0, keepdim=True) / (n * length * left)
+        coef = coef + left_coef
+        offset = offset - left_coef * batch_mean
+    dx4 = g.addcmul_(x4, coef).add_(offset)
+    return dx4.reshape(x.shape).to(x.dtype), d_v, d_weight, d_bias
+
+
 class EvoNormBatchFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, v: Tensor, weight: Tensor, bias: Tensor, left_var: Optional[Tensor], variant: int, eps: float, apply_act: bool):  # type: ignore[override]
-        y, batch_var, batch_mean, left, inst_mean, inst = batch_forward(x, variant, v, weight, bias, left_var, eps, apply_act)
+        y, batch_var, batch_mean, left, inst_mean, inst = kernel(batch_forward)(x, variant, v, weight, bias, left_var, eps, apply_act)
         ctx.save_for_backward(x, v, weight, batch_mean, left, inst_mean, inst)
         ctx.config = (variant, apply_act, left_var is None)
+        ctx.mode = kernel_mode()  # backward runs the kernels its forward ran
         ctx.bias, ctx.left_var, ctx.eps = bias, left_var, eps  # for a double backward only
         ctx.mark_non_differentiable(batch_var)
         return y, batch_var
@@ -86,52 +149,10 @@ class EvoNormBatchFunction(torch.autograd.Function):
                 (x, v, weight, bias), ctx.needs_input_grad[:4], dy,
             )
             return (*grads, None, None, None, None)
-        needs_v, needs_weight, needs_bias = ctx.needs_input_grad[1:4]
-        n, c = x.shape[0], x.shape[1]
-        dtype = compute_dtype(x)
-        x4 = x.to(dtype).reshape(n, 1, c, -1)
-        length = x4.shape[3]
-        dy4 = dy.to(dtype).reshape(x4.shape)
-        vv = per_channel(v, 1, dtype)
-        # Fresh full-size tensors are few and updated in place: on CPU each new one costs page faults.
-        if apply_act:
-            d = _right(x4, variant, vv, inst)
-            wins = d > left
-            inv_d = d.clamp_min_(left).reciprocal_()
-        else:
-            wins = None
-            inv_d = left.reciprocal()
-        out = x4 * inv_d  # y = out·γ + β
-        d_weight = channel_sums(dy4 * out, keep_batch=False).reshape(c) if needs_weight else None
-        d_bias = channel_sums(dy4, keep_batch=False).reshape(c) if needs_bias else None
-        g = (dy4 * per_channel(weight, 1, dtype)).mul_(inv_d)  # ∂L/∂x through x/d at fixed d
-        neg_dd = out.mul_(g)  # −∂L/∂d
-        total = channel_sums(neg_dd, keep_batch=True)
-        coef = torch.zeros_like(inst)  # the statistics add coef·x + offset to dx
-        offset = torch.zeros_like(inst)
-        d_v = None
-        if apply_act:
-            neg_dright = neg_dd.mul_(wins)  # −∂L/∂right where right is the max
-            right_sum = channel_sums(neg_dright, keep_batch=True)
-            total = total - right_sum  # what remains goes to left
-            if variant == 0:
-                if needs_v:
-                    d_v = -channel_sums(neg_dright * x4, keep_batch=False).reshape(c)
-                g.addcmul_(neg_dright, vv, value=-1.0)
-                coef = -right_sum / (length * inst)
-                offset = -coef * inst_mean
-            elif variant == 1:
-                g.addcmul_(neg_dright, inst, value=-1.0)
-                coef = -(channel_sums(neg_dright * x4, keep_batch=True) + right_sum) / (length * inst)
-            else:
-                g.add_(neg_dright)
-                coef = -right_sum / (length * inst)
-        if batch_statistics:
-            left_coef = -total.sum(dim=0, keepdim=True) / (n * length * left)
-            coef = coef + left_coef
-            offset = offset - left_coef * batch_mean
-        dx4 = g.addcmul_(x4, coef).add_(offset)
-        return dx4.reshape(x.shape).to(x.dtype), d_v, d_weight, d_bias, None, None, None, None
+        grads = kernel(batch_backward, ctx.mode)(
+            dy, x, v, weight, batch_mean, left, inst_mean, inst, variant, apply_act, batch_statistics, *ctx.needs_input_grad[1:4]
+        )
+        return (*grads, None, None, None, None)
 
 
 def evonorm_batch_fused(
@@ -148,5 +169,5 @@ def evonorm_batch_fused(
     v_t, w_t, b_t, record = default_parameters(x, v, weight, bias)
     if record:
         return EvoNormBatchFunction.apply(x.contiguous(), v_t, w_t, b_t, left_var, variant, eps, apply_act)
-    y, batch_var = batch_forward(x.contiguous(), variant, v_t, w_t, b_t, left_var, eps, apply_act)[:2]
+    y, batch_var = kernel(batch_forward)(x.contiguous(), variant, v_t, w_t, b_t, left_var, eps, apply_act)[:2]
     return y, batch_var

@@ -1,9 +1,49 @@
 """Helpers shared by the lean kernels, which work on a 4-D view (N, G, C/G, L) of the input
 (G = 1 for the B-series, whose statistics are per channel)."""
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from torch import Tensor
+
+
+MODES = ("eager", "compiled", "reference")
+_mode = "eager"
+_compiled: Dict[Callable, Callable] = {}
+F = TypeVar("F", bound=Callable)
+
+
+def set_kernel_mode(mode: str) -> None:
+    """How the six EvoNorm layers run in eager PyTorch:
+
+    * ``"eager"`` (default): the lean kernels, op by op;
+    * ``"compiled"``: the lean kernels' forward and backward through ``torch.compile`` (Inductor fuses
+      each into a few loops: C++ on CPU, which needs a C++ compiler, Triton on GPU); the first call per
+      shape, dtype and configuration compiles, which takes seconds;
+    * ``"reference"``: the reference implementation in plain autograd ops (about 4× the memory).
+
+    TorchScript, tracing, ``torch.compile`` of a whole model and ONNX export always use the reference
+    implementation, which the compilers fuse themselves.
+    """
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"unknown kernel mode {mode!r}; choose one of {', '.join(MODES)}")
+    _mode = mode
+
+
+def kernel_mode() -> str:
+    return _mode
+
+
+def kernel(fn: F, mode: Optional[str] = None) -> F:
+    """``fn`` itself, or its ``torch.compile``d version in the ``"compiled"`` mode (built once).
+
+    ``mode`` defaults to the current one; a backward passes the mode its forward ran in.
+    """
+    if (mode or _mode) != "compiled":
+        return fn
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn)
+    return _compiled[fn]  # type: ignore[return-value]
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

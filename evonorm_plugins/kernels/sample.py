@@ -18,7 +18,17 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .common import affine_output, channel_sums, compute_dtype, default_parameters, differentiable_backward, group_moments, per_channel
+from .common import (
+    affine_output,
+    channel_sums,
+    compute_dtype,
+    default_parameters,
+    differentiable_backward,
+    group_moments,
+    kernel,
+    kernel_mode,
+    per_channel,
+)
 
 
 def _group_stats(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor]:
@@ -43,12 +53,48 @@ def sample_forward(
     return affine_output(x, a, scale, per_channel(bias, groups, dtype)), mean, r
 
 
+def sample_backward(
+    dy: Tensor, x: Tensor, v: Tensor, weight: Tensor, mean: Tensor, r: Tensor,
+    variant: int, groups: int, apply_act: bool, needs_v: bool, needs_weight: bool, needs_bias: bool,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """The closed-form gradients (dx, dv, dγ, dβ) from the input and the forward's statistics."""
+    n, c = x.shape[0], x.shape[1]
+    dtype = compute_dtype(x)
+    x4 = x.to(dtype).reshape(n, groups, c // groups, -1)
+    dy4 = dy.to(dtype).reshape(x4.shape)
+    gamma = per_channel(weight, groups, dtype)
+    # Fresh full-size tensors are few and updated in place: on CPU each new one costs page faults.
+    if apply_act:
+        vx = x4 * per_channel(v, groups, dtype)
+        s = torch.sigmoid(vx)
+        a = x4 * s
+    else:
+        a = x4
+    dy_a = channel_sums(dy4 * a, keep_batch=True)  # Σ_L dy·a per (N, G, C/G, 1)
+    d_weight = (dy_a * r).sum(0).reshape(c) if needs_weight else None
+    d_bias = channel_sums(dy4, keep_batch=False).reshape(c) if needs_bias else None
+    d_stat = -0.5 * r ** 3 * (dy_a * gamma).sum(dim=2, keepdim=True)  # (N, G, 1, 1)
+    m = x4.shape[2] * x4.shape[3]
+    coef = d_stat * (2.0 / m)  # the statistic adds coef·(x − mean) to dx
+    da = dy4 * (gamma * r)
+    d_v = None
+    if apply_act:
+        one_minus_s = torch.rsub(s, 1.0)
+        if needs_v:  # Σ da·x²·s(1−s) = Σ da·x·a·(1−s)
+            d_v = channel_sums(a.mul_(one_minus_s).mul_(x4).mul_(da), keep_batch=False).reshape(c)
+        # ∂a/∂x = s + v·x·s(1−s) = s·(1 + vx·(1−s))
+        da.mul_(vx.mul_(one_minus_s).add_(1.0).mul_(s))
+    dx4 = da.addcmul_(x4, coef).sub_(coef * mean)
+    return dx4.reshape(x.shape).to(x.dtype), d_v, d_weight, d_bias
+
+
 class EvoNormSampleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, v: Tensor, weight: Tensor, bias: Tensor, variant: int, groups: int, eps: float, apply_act: bool) -> Tensor:  # type: ignore[override]
-        y, mean, r = sample_forward(x, variant, groups, v, weight, bias, eps, apply_act)
+        y, mean, r = kernel(sample_forward)(x, variant, groups, v, weight, bias, eps, apply_act)
         ctx.save_for_backward(x, v, weight, mean, r)
         ctx.config = (variant, groups, apply_act)
+        ctx.mode = kernel_mode()  # backward runs the kernels its forward ran
         ctx.bias, ctx.eps = bias, eps  # for a double backward only
         return y
 
@@ -63,47 +109,8 @@ class EvoNormSampleFunction(torch.autograd.Function):
                 (x, v, weight, bias), ctx.needs_input_grad[:4], dy,
             )
             return (*grads, None, None, None, None)
-        n, c = x.shape[0], x.shape[1]
-        dtype = compute_dtype(x)
-        x4 = x.to(dtype).reshape(n, groups, c // groups, -1)
-        dy4 = dy.to(dtype).reshape(x4.shape)
-        gamma = per_channel(weight, groups, dtype)
-        if apply_act:
-            vv = per_channel(v, groups, dtype)
-            s = torch.sigmoid(x4 * vv)
-            a = x4 * s
-        else:
-            a = x4
-
-        needs_v, needs_weight, needs_bias = ctx.needs_input_grad[1:4]
-        n, c = x.shape[0], x.shape[1]
-        dtype = compute_dtype(x)
-        x4 = x.to(dtype).reshape(n, groups, c // groups, -1)
-        dy4 = dy.to(dtype).reshape(x4.shape)
-        gamma = per_channel(weight, groups, dtype)
-        # Fresh full-size tensors are few and updated in place: on CPU each new one costs page faults.
-        if apply_act:
-            vx = x4 * per_channel(v, groups, dtype)
-            s = torch.sigmoid(vx)
-            a = x4 * s
-        else:
-            a = x4
-        dy_a = channel_sums(dy4 * a, keep_batch=True)  # Σ_L dy·a per (N, G, C/G, 1)
-        d_weight = (dy_a * r).sum(0).reshape(c) if needs_weight else None
-        d_bias = channel_sums(dy4, keep_batch=False).reshape(c) if needs_bias else None
-        d_stat = -0.5 * r ** 3 * (dy_a * gamma).sum(dim=2, keepdim=True)  # (N, G, 1, 1)
-        m = x4.shape[2] * x4.shape[3]
-        coef = d_stat * (2.0 / m)  # the statistic adds coef·(x − mean) to dx
-        da = dy4 * (gamma * r)
-        d_v = None
-        if apply_act:
-            one_minus_s = torch.rsub(s, 1.0)
-            if needs_v:  # Σ da·x²·s(1−s) = Σ da·x·a·(1−s)
-                d_v = channel_sums(a.mul_(one_minus_s).mul_(x4).mul_(da), keep_batch=False).reshape(c)
-            # ∂a/∂x = s + v·x·s(1−s) = s·(1 + vx·(1−s))
-            da.mul_(vx.mul_(one_minus_s).add_(1.0).mul_(s))
-        dx4 = da.addcmul_(x4, coef).sub_(coef * mean)
-        return dx4.reshape(x.shape).to(x.dtype), d_v, d_weight, d_bias, None, None, None, None
+        grads = kernel(sample_backward, ctx.mode)(dy, x, v, weight, mean, r, variant, groups, apply_act, *ctx.needs_input_grad[1:4])
+        return (*grads, None, None, None, None)
 
 
 def evonorm_sample_fused(
@@ -113,4 +120,4 @@ def evonorm_sample_fused(
     v_t, w_t, b_t, record = default_parameters(x, v, weight, bias)
     if record:
         return EvoNormSampleFunction.apply(x.contiguous(), v_t, w_t, b_t, variant, groups, eps, apply_act)
-    return sample_forward(x.contiguous(), variant, groups, v_t, w_t, b_t, eps, apply_act)[0]
+    return kernel(sample_forward)(x.contiguous(), variant, groups, v_t, w_t, b_t, eps, apply_act)[0]
