@@ -1,0 +1,190 @@
+"""mmcv / mmengine plugin: every layer of the evonorm_plugins registry as a norm type of mmcv.
+
+Importing this module registers each registered name (``EvoNormB0`` … ``EvoNormS2``, the baselines and
+the evolved layers) in mmengine's root ``MODELS`` registry, where mmcv 2.x's ``build_norm_layer`` and
+every OpenMMLab 2.x library (mmdet, mmseg, mmpretrain, …) look norm types up, and in mmcv 1.x's
+``NORM_LAYERS`` when mmcv 1.x is what is installed::
+
+    import evonorm_plugins.mmcv                        # in code, or in an mmengine config:
+    custom_imports = dict(imports=["evonorm_plugins.mmcv"], allow_failed_imports=False)
+    norm_cfg = dict(type="EvoNormS0", groups=32)
+
+Design decisions
+----------------
+*Abbreviation.* ``build_norm_layer`` names the layer it returns ``infer_abbr(cls) + postfix``, and
+hosts use that name as the attribute, hence as the state-dict key (``bn1``, ``gn``). Without help mmcv
+infers it from the class name: ``norm_layer`` for ``EvoNormS0``, but ``bn`` or ``gn`` for an evolved
+layer whose name happens to contain "batch" or "group", so keys would change with a rename. Every
+EvoNorm and evolved layer is therefore named ``evonorm`` (``evonorm1``, ``evonorm2``, …): stable,
+distinct from mmcv's abbreviations, and a precise substring for mmengine's
+``paramwise_cfg=dict(custom_keys={"evonorm": dict(decay_mult=0.0)})`` (``norm_decay_mult`` only knows
+BN/GN/LN/IN). The baselines, which subclass ``nn.BatchNorm2d`` / ``nn.GroupNorm`` and have their state
+dicts, keep mmcv's ``bn`` / ``gn`` so BN and GN checkpoints load into them; a class that has an
+``_abbr_`` keeps it.
+
+*Builders, not our classes, are registered.* mmcv reads ``_abbr_`` from the class it finds in the
+registry. Writing ``_abbr_`` onto our classes would put an mmcv detail into the core and change them for
+every user on import; registering subclasses would make ``type(layer)`` a plugin class, so checks like
+``type(layer) is EvoNormS0``, pickles and exports would differ between hosts. The registry holds instead
+a small builder class per name: it carries ``_abbr_`` and its ``__new__`` returns an instance of the real
+class, so what mmcv builds is exactly what ``evonorm_plugins.get_layer`` builds. The consequence:
+``MODELS.get("EvoNormS0")`` is the builder (``evonorm_plugins.get_layer_class`` gives the class), and a
+config that passes the class itself (``type=EvoNormS0``) bypasses this plugin (mmcv then names it
+``norm_layer`` and no ``num_groups`` alias applies): use the name.
+
+*Keywords.* mmcv's ``build_norm_layer`` pops ``requires_grad`` (and sets it on every parameter of the
+built layer), always passes ``eps`` (1e-5 unless the config says otherwise, as our default) and calls
+``cls(num_features, **other_keys)``; it requires ``num_groups`` only when the class is ``nn.GroupNorm``
+itself. So ``dict(type="EvoNormS0")`` needs no group count (32 by default), and GN configs'
+``num_groups`` is accepted here as an alias of ``groups``: a GN config such as
+``dict(type="GN", num_groups=32, requires_grad=True)`` switches to EvoNorm by changing ``type`` only.
+
+*Registration timing.* mmengine has no hook for unknown names, so lookups cannot be lazy without
+replacing its registry. The import registers what the evonorm_plugins registry holds at that moment,
+including the genomes named by the ``EVONORM_GENOMES`` environment variable (the way to use evolved
+layers from a config file alone), and then mirrors every later ``register_layer`` / ``load_genomes``
+as it happens. :func:`register_all` re-syncs by hand; it is idempotent, so repeated imports, reloads
+and calls are safe.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar, Dict, List, Type
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from .registry import add_registration_listener, get_layer_class, list_layers
+
+ABBREVIATION = "evonorm"
+
+# mmcv's own rule for subclasses of the torch norms, applied before falling back on ABBREVIATION
+# (_InstanceNorm first: it subclasses _BatchNorm).
+_TORCH_NORM_ABBREVIATIONS = ((_InstanceNorm, "in"), (_BatchNorm, "bn"), (nn.GroupNorm, "gn"), (nn.LayerNorm, "ln"))
+
+
+def _host_registries() -> List[Any]:
+    """mmengine's root MODELS (mmcv 2.x) and mmcv 1.x's NORM_LAYERS, those that are installed."""
+    registries = []
+    try:
+        from mmengine.registry import MODELS
+    except ImportError:
+        pass
+    else:
+        registries.append(MODELS)
+    try:
+        from mmcv.cnn import NORM_LAYERS  # mmcv 1.x only; 2.x looks norm types up in mmengine's MODELS
+    except ImportError:
+        pass
+    else:
+        registries.append(NORM_LAYERS)
+    if not registries:
+        raise ImportError(
+            "evonorm_plugins.mmcv needs mmengine (with mmcv 2.x) or mmcv 1.x, and neither is installed; "
+            'install them with: pip install "evonorm-plugins[mmcv]"'
+        )
+    return registries
+
+
+_REGISTRIES = _host_registries()
+
+
+def abbreviation(cls: Type[nn.Module]) -> str:
+    """The name mmcv gives layers of ``cls`` (``bn``, ``gn``, … or ``evonorm``; see the module docstring)."""
+    own = getattr(cls, "_abbr_", None)
+    if isinstance(own, str):
+        return own
+    for base, abbr in _TORCH_NORM_ABBREVIATIONS:
+        if issubclass(cls, base):
+            return abbr
+    return ABBREVIATION
+
+
+class LayerBuilder:
+    """Base of the classes registered with mmcv: calling one builds an instance of ``layer_class``.
+
+    Each registered name gets a subclass that sets ``layer_class`` and mmcv's ``_abbr_``. Instances of
+    the builder itself never exist: ``__new__`` returns the layer.
+    """
+
+    layer_class: ClassVar[Type[nn.Module]]
+    _abbr_: ClassVar[str]
+
+    def __new__(cls, num_features: int, **kwargs: Any) -> nn.Module:  # type: ignore[misc]
+        if "num_groups" in kwargs:  # GN configs' name for groups
+            num_groups = kwargs.pop("num_groups")
+            if kwargs.setdefault("groups", num_groups) != num_groups:
+                raise TypeError(
+                    f"{cls.__name__} got num_groups={num_groups} and groups={kwargs['groups']}; "
+                    f"num_groups is an alias of groups, give one of them"
+                )
+        return cls.layer_class(num_features, **kwargs)
+
+
+def _make_builder(name: str, layer_class: Type[nn.Module]) -> Type[LayerBuilder]:
+    attributes: Dict[str, Any] = {
+        "layer_class": layer_class,
+        "_abbr_": abbreviation(layer_class),
+        "__module__": __name__,
+        "__doc__": f"Builds evonorm_plugins' {name!r} ({layer_class.__module__}.{layer_class.__qualname__}) for mmcv.",
+    }
+    return type(name, (LayerBuilder,), attributes)
+
+
+def _register(registry: Any, name: str, layer_class: Type[nn.Module]) -> None:
+    """Put a builder for ``layer_class`` under ``name``, unless an up-to-date one is there already."""
+    current = registry.module_dict.get(name)
+    # Compared by attribute, not by isinstance/issubclass on LayerBuilder: builders made before an
+    # importlib.reload() of this module subclass the previous LayerBuilder.
+    current_layer = getattr(current, "layer_class", None)
+    if current is not None and current_layer is None:
+        raise ValueError(
+            f"{name!r} is already registered in the {registry.name!r} registry by "
+            f"{current.__module__}.{getattr(current, '__qualname__', current)}, which is not an evonorm_plugins "
+            f"layer; register the evonorm layer under another name (evonorm_plugins.register_layer) to use it with mmcv"
+        )
+    if current_layer is layer_class:
+        return
+    registry.register_module(name=name, module=_make_builder(name, layer_class), force=True)
+
+
+def register_all() -> List[str]:
+    """Register every layer of the evonorm_plugins registry with mmcv; returns the names registered.
+
+    Called by the import; layers registered later are mirrored as they are registered, so calling it
+    again is only needed to re-sync by hand. Names that are already registered and unchanged are left
+    alone.
+    """
+    registered = []
+    for name in list_layers():
+        if "." in name:
+            warnings.warn(
+                f"evonorm_plugins layer {name!r} is not registered with mmcv: mmengine and mmcv read the text "
+                f"before a '.' as a registry scope, so no config could name it; register it under a name without "
+                f"'.' (e.g. {name.replace('.', '_')!r}) to use it in mmcv configs",
+                stacklevel=2,
+            )
+            continue
+        layer_class = get_layer_class(name)
+        for registry in _REGISTRIES:
+            _register(registry, name, layer_class)
+        registered.append(name)
+    return registered
+
+
+def _on_register(name: str, layer_class: Type[nn.Module]) -> None:
+    """Mirror a layer registered after the import; a clash is a warning, not a failed register_layer."""
+    if "." in name:
+        return
+    try:
+        for registry in _REGISTRIES:
+            _register(registry, name, layer_class)
+    except ValueError as error:
+        warnings.warn(str(error), stacklevel=3)
+
+
+register_all()
+add_registration_listener(_on_register)
+
+__all__ = ["ABBREVIATION", "LayerBuilder", "abbreviation", "register_all"]
