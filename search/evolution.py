@@ -1,0 +1,101 @@
+"""The evolution strategies: asynchronous regularized (aging) evolution with Pareto tournaments, and
+random search with the same interface for ablations.
+
+Both are driven from outside (the controller), which keeps any number of evaluations in flight::
+
+    strategy = RegularizedEvolution(SearchSpace(), population_size=100, tournament_size=25, seed=0)
+    genome = strategy.propose()          # as soon as a worker is free
+    strategy.report(genome, scores)      # when its evaluation finishes; None if it was rejected
+
+Replaying the finished evaluations of a stored run through :meth:`report`, in the order they finished,
+rebuilds the population exactly (aging depends only on that order), which is how a search resumes.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Deque, Optional, Sequence, Tuple
+
+from evonorm_plugins.graph import Genome
+
+from .selection import pareto_front
+from .space import SearchSpace, mutate, random_genome
+
+
+@dataclass(frozen=True)
+class Member:
+    """An evaluated genome with one score per proxy architecture (higher is better)."""
+
+    genome: Genome
+    scores: Tuple[float, ...]
+
+
+class RandomSearch:
+    """Every proposal is a fresh random genome of the space; reports are only counted."""
+
+    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+        self.space = space
+        self.rng = random.Random(seed)
+        self.reported = 0
+
+    def propose(self) -> Genome:
+        return random_genome(self.space, self.rng)
+
+    def report(self, genome: Genome, scores: Optional[Sequence[float]]) -> None:
+        self.reported += 1
+
+
+class RegularizedEvolution(RandomSearch):
+    """Aging evolution (Real et al. 2019) with the paper's multi-objective tournament.
+
+    Until the population holds ``population_size`` evaluated members, proposals are the ``initial``
+    genomes (e.g. the paper layers as seeds), then random genomes. After that, each proposal draws
+    ``tournament_size`` members at random, takes the Pareto front of their score vectors, and mutates
+    a random member of the front. A reported evaluation joins the population and the oldest member
+    leaves; a rejected one (``scores=None``) is discarded.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        population_size: int,
+        tournament_size: int,
+        seed: int = 0,
+        initial: Sequence[Genome] = (),
+    ) -> None:
+        super().__init__(space, seed)
+        if population_size < 2 or not 1 <= tournament_size <= population_size:
+            raise ValueError(
+                f"need population_size >= 2 and 1 <= tournament_size <= population_size, got "
+                f"population_size={population_size}, tournament_size={tournament_size}"
+            )
+        outside = [g.formula() for g in initial if not space.contains(g)]
+        if outside:
+            raise ValueError(f"initial genomes outside the search space {space}: {outside}")
+        self.population_size = population_size
+        self.tournament_size = tournament_size
+        self.population: Deque[Member] = deque()
+        self._seeds = list(initial)
+
+    def propose(self) -> Genome:
+        if len(self.population) < self.population_size:
+            return self._seeds.pop(0) if self._seeds else random_genome(self.space, self.rng)
+        tournament = self.rng.sample(list(self.population), self.tournament_size)
+        front = pareto_front([member.scores for member in tournament])
+        parent = tournament[self.rng.choice(front)]
+        return mutate(parent.genome, self.space, self.rng)
+
+    def report(self, genome: Genome, scores: Optional[Sequence[float]]) -> None:
+        super().report(genome, scores)
+        if scores is None:
+            return
+        scores = tuple(float(s) for s in scores)
+        if self.population and len(scores) != len(self.population[0].scores):
+            raise ValueError(
+                f"reported {len(scores)} scores but the population has {len(self.population[0].scores)} per "
+                f"member: report one score per proxy architecture, always the same ones"
+            )
+        self.population.append(Member(genome, scores))
+        if len(self.population) > self.population_size:
+            self.population.popleft()
