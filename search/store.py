@@ -1,0 +1,163 @@
+"""The persistent record of a search: every candidate, its hashes, scores or rejection, in SQLite.
+
+Each state change is its own committed transaction (SQLite's journal makes it atomic), so a controller
+killed at any moment, ``kill -9`` included, leaves every finished evaluation on disk and at most some
+candidates ``pending``; a resumed run evaluates those again and replays the finished ones, in the order
+they finished, to rebuild the population.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+from evonorm_plugins.graph import Genome
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS candidates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    genome TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    functional_hash TEXT,
+    parent INTEGER REFERENCES candidates(id),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'rejected')),
+    protocol TEXT,
+    reason TEXT,
+    scores TEXT,
+    wall_time REAL,
+    created REAL NOT NULL,
+    finished REAL,
+    finish_order INTEGER
+);
+CREATE INDEX IF NOT EXISTS by_hash ON candidates (hash);
+CREATE INDEX IF NOT EXISTS by_functional_hash ON candidates (functional_hash);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    genome: Genome
+    hash: str
+    functional_hash: Optional[str]
+    parent: Optional[int]
+    status: str
+    protocol: Optional[str]
+    reason: Optional[str]
+    scores: Optional[Tuple[float, ...]]
+    wall_time: Optional[float]
+
+
+class SearchStore:
+    """One search's SQLite file. ``meta`` holds the run's configuration, so resume needs only the file."""
+
+    def __init__(self, path: Union[str, Path]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), isolation_level=None)  # autocommit; explicit transactions
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------------------------- config
+    def set_meta(self, key: str, value: object) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str) -> Optional[object]:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    # ------------------------------------------------------------------------------- transitions
+    def add(self, genome: Genome, parent: Optional[int] = None, functional_hash: Optional[str] = None) -> int:
+        """Record a proposed candidate as ``pending``; returns its id."""
+        cursor = self._db.execute(
+            "INSERT INTO candidates (genome, hash, functional_hash, parent, status, created) VALUES (?, ?, ?, ?, 'pending', ?)",
+            (genome.to_json(indent=None), genome.hash(), functional_hash, parent, time.time()),
+        )
+        return int(cursor.lastrowid)
+
+    def _finish(self, candidate_id: int, status: str, **columns: object) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        with self._transaction():
+            (order,) = self._db.execute("SELECT COALESCE(MAX(finish_order), 0) + 1 FROM candidates").fetchone()
+            updated = self._db.execute(
+                f"UPDATE candidates SET status = ?, finished = ?, finish_order = ?, {assignments} "
+                "WHERE id = ? AND status = 'pending'",
+                (status, time.time(), order, *columns.values(), candidate_id),
+            ).rowcount
+        if updated != 1:
+            raise ValueError(f"candidate {candidate_id} is not pending in {self.path}; it was finished already or never added")
+
+    def complete(self, candidate_id: int, scores: Sequence[float], wall_time: float) -> None:
+        self._finish(candidate_id, "done", scores=json.dumps([float(s) for s in scores]), wall_time=wall_time)
+
+    def complete_as_duplicate(self, candidate_id: int, original: "Candidate") -> None:
+        """A candidate that computes the same function as a done one: its scores are reused, not
+        re-measured, and it still joins the population (AutoML-Zero's functional equivalence cache)."""
+        self._finish(
+            candidate_id, "done", protocol="duplicate", reason=f"same function as candidate {original.id}",
+            scores=json.dumps(list(original.scores or ())), wall_time=0.0,
+        )
+
+    def reject(self, candidate_id: int, protocol: str, reason: str, wall_time: float) -> None:
+        self._finish(candidate_id, "rejected", protocol=protocol, reason=reason, wall_time=wall_time)
+
+    def _transaction(self):
+        db = self._db
+
+        class _Transaction:
+            def __enter__(self) -> None:
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, kind, value, traceback) -> None:
+                db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+        return _Transaction()
+
+    # ------------------------------------------------------------------------------------ queries
+    def _rows(self, where: str, args: tuple = (), order: str = "id") -> Iterator[Candidate]:
+        query = (
+            "SELECT id, genome, hash, functional_hash, parent, status, protocol, reason, scores, wall_time "
+            f"FROM candidates WHERE {where} ORDER BY {order}"
+        )
+        for row in self._db.execute(query, args):
+            yield Candidate(
+                row[0], Genome.from_json(row[1], source=f"{self.path} candidate {row[0]}"), row[2], row[3], row[4],
+                row[5], row[6], row[7], tuple(json.loads(row[8])) if row[8] else None, row[9],
+            )
+
+    def pending(self) -> List[Candidate]:
+        return list(self._rows("status = 'pending'"))
+
+    def finished(self) -> List[Candidate]:
+        """Done and rejected candidates in the order they finished (the order to replay)."""
+        return list(self._rows("status != 'pending'", order="finish_order"))
+
+    def seen(self, genome_hash: str, functional: Optional[str]) -> Optional[Candidate]:
+        """The first finished candidate with the same canonical or functional hash, if any."""
+        found = self._rows(
+            "status != 'pending' AND (hash = ? OR (functional_hash IS NOT NULL AND functional_hash = ?))",
+            (genome_hash, functional),
+        )
+        return next(found, None)
+
+    def counts(self) -> dict:
+        """Candidates by status and rejections by protocol."""
+        result = dict(self._db.execute("SELECT status, COUNT(*) FROM candidates GROUP BY status").fetchall())
+        for status, protocol, count in self._db.execute(
+            "SELECT status, protocol, COUNT(*) FROM candidates WHERE protocol IS NOT NULL GROUP BY status, protocol"
+        ):
+            result[f"{status}:{protocol}"] = count
+        return result
+
+    def top(self, k: int) -> List[Candidate]:
+        """The k best distinct layers by mean score (duplicates, which copy scores, left out)."""
+        done = list(self._rows("status = 'done' AND (protocol IS NULL OR protocol != 'duplicate')"))
+        return sorted(done, key=lambda c: -sum(c.scores or ()) / max(len(c.scores or ()), 1))[:k]
