@@ -136,6 +136,9 @@ class SearchStore:
     def pending(self) -> List[Candidate]:
         return list(self._rows("status = 'pending'"))
 
+    def finished_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM candidates WHERE status != 'pending'").fetchone()[0])
+
     def finished(self) -> List[Candidate]:
         """Done and rejected candidates in the order they finished (the order to replay)."""
         return list(self._rows("status != 'pending'", order="finish_order"))

@@ -1,0 +1,96 @@
+"""The evaluator: one candidate in, per-architecture scores or a rejection with its reason out.
+
+Protocols run cheapest first, each switchable in the config: stability (gradient ascent, no data), then
+quality (a short training of the first architecture; the paper rejects below 20% CIFAR-10 validation
+accuracy after 100 steps), then the full proxy training on every architecture. A non-finite loss or
+any exception rejects the candidate with the reason; nothing raised by a candidate escapes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Optional, Tuple
+
+from evonorm_plugins.graph import Genome
+from evonorm_plugins.registry import make_layer_class
+
+from .proxy import ArchitectureConfig, CIFAR10DataModule, train_and_validate
+from .rejection import stability_test
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    architectures: Tuple[ArchitectureConfig, ...] = field(
+        default_factory=lambda: (ArchitectureConfig("resnet50v2"), ArchitectureConfig("mobilenetv2"), ArchitectureConfig("efficientnet_b0"))
+    )
+    data_dir: Optional[str] = None  # None: synthetic CIFAR-like data (no download)
+    data_limit: Optional[int] = None
+    batch_size: int = 64
+    val_fraction: float = 0.2
+    train_steps: int = 500
+    lr: float = 0.05
+    stability: bool = True
+    stability_steps: int = 100
+    stability_threshold: float = 1e8
+    quality: bool = True
+    quality_steps: int = 100
+    quality_threshold: float = 0.2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Scores (one per architecture) or the protocol that rejected the candidate and why."""
+
+    scores: Optional[Tuple[float, ...]]
+    protocol: Optional[str] = None
+    reason: str = ""
+    wall_time: float = 0.0
+
+
+@lru_cache(maxsize=4)
+def _data(config: EvaluationConfig) -> CIFAR10DataModule:
+    data = CIFAR10DataModule(config.data_dir, config.batch_size, config.val_fraction, config.data_limit, config.seed)
+    data.setup()
+    return data
+
+
+def evaluate(genome: Genome, config: EvaluationConfig) -> Outcome:
+    start = time.perf_counter()
+
+    def rejected(protocol: str, reason: str) -> Outcome:
+        return Outcome(None, protocol, reason, time.perf_counter() - start)
+
+    try:
+        if config.stability:
+            verdict = stability_test(genome, config.stability_steps, config.stability_threshold, seed=config.seed)
+            if not verdict.passed:
+                return rejected("stability", verdict.reason)
+        layer = make_layer_class("Candidate", genome)
+        data = _data(config)
+        known = {}  # architecture index -> accuracy already measured with train_steps
+        if config.quality:
+            first = config.architectures[0]
+            accuracy, nonfinite = train_and_validate(first.build(layer), data, config.quality_steps, config.lr, config.seed)
+            if nonfinite:
+                return rejected("nonfinite", f"non-finite loss within {config.quality_steps} steps on {first.name}")
+            if accuracy < config.quality_threshold:
+                return rejected(
+                    "quality", f"quality: {accuracy:.3f} validation accuracy on {first.name} after "
+                    f"{config.quality_steps} steps < {config.quality_threshold}"
+                )
+            if config.quality_steps == config.train_steps:  # the gate's training is the full one
+                known[0] = accuracy
+        scores = []
+        for index, architecture in enumerate(config.architectures):
+            if index in known:
+                scores.append(known[index])
+                continue
+            accuracy, nonfinite = train_and_validate(architecture.build(layer), data, config.train_steps, config.lr, config.seed)
+            if nonfinite:
+                return rejected("nonfinite", f"non-finite loss while training {architecture.name}")
+            scores.append(accuracy)
+        return Outcome(tuple(scores), wall_time=time.perf_counter() - start)
+    except Exception as error:  # a candidate must never crash the search; the reason is recorded
+        return rejected("error", f"{type(error).__name__}: {error}")
