@@ -10,6 +10,8 @@ timm with the candidate in place of every norm + activation pair:
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +216,25 @@ class ProxyClassifier(pl.LightningModule):
 
 def train_and_validate(model: nn.Module, data: CIFAR10DataModule, steps: int, lr: float, seed: int) -> Tuple[float, bool]:
     """(validation accuracy, whether the loss went non-finite) after ``steps`` training steps."""
+    with _quiet_lightning():
+        return _train_and_validate(model, data, steps, lr, seed)
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning logs its device summary at every Trainer; a search builds thousands of them."""
+    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _train_and_validate(model: nn.Module, data: CIFAR10DataModule, steps: int, lr: float, seed: int) -> Tuple[float, bool]:
     pl.seed_everything(seed, workers=True, verbose=False)
     module = ProxyClassifier(model, steps, lr=lr)
     trainer = pl.Trainer(
