@@ -42,7 +42,10 @@ def _print_progress(line: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    Controller(args.store, config, progress=_print_progress).run()
+    controller = Controller(args.store, config, progress=_print_progress)
+    if args.baselines:
+        controller.evaluate_baselines()
+    controller.run()
     print()
     return _top(args)
 
@@ -62,6 +65,9 @@ def _top(args: argparse.Namespace) -> int:
     for rank, candidate in enumerate(store.top(getattr(args, "k", 10)), start=1):
         scores = ", ".join(f"{name} {score:.3f}" for name, score in zip(architectures, candidate.scores or ()))
         print(f"{rank:3d}. [{candidate.hash}] {scores}  {candidate.genome.formula()}")
+    for name, result in (store.get_meta("baselines") or {}).items():
+        scores = ", ".join(f"{a} {s:.3f}" for a, s in zip(architectures, result)) if isinstance(result, list) else result
+        print(f"     baseline {name}: {scores}")
     return 0
 
 
@@ -82,6 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="start a search")
     run.add_argument("--config", type=Path, required=True, help="YAML settings (configs/search/*.yaml)")
+    run.add_argument("--baselines", action="store_true", help="also train BN-ReLU and GN-ReLU the same way, for comparison")
     run.set_defaults(handler=_run)
     resume = commands.add_parser("resume", help="continue a search from its store (after a crash or kill)")
     resume.set_defaults(handler=_resume)

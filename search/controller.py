@@ -18,7 +18,9 @@ from typing import Callable, Optional, Union
 from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import paper_genome
 
-from .evaluator import EvaluationConfig, Outcome, evaluate
+from evonorm_plugins.registry import get_layer_class
+
+from .evaluator import EvaluationConfig, Outcome, evaluate, evaluate_layer
 from .evolution import RandomSearch, RegularizedEvolution
 from .proxy import ArchitectureConfig
 from .rejection import functional_hash
@@ -105,6 +107,16 @@ class Controller:
         else:
             self.store.reject(candidate_id, "duplicate", f"same function as rejected candidate {original.id}", 0.0)
             self.strategy.report(genome, None)
+
+    def evaluate_baselines(self, names=("BatchNormReLU", "GroupNormReLU")) -> dict:
+        """Train the baselines exactly as the candidates (stored once, as ``baselines`` in the store)."""
+        results = self.store.get_meta("baselines") or {}
+        for name in names:
+            if name not in results:
+                outcome = evaluate_layer(get_layer_class(name), self.config.evaluation)
+                results[name] = list(outcome.scores) if outcome.scores else f"rejected: {outcome.reason}"
+                self.store.set_meta("baselines", results)
+        return results
 
     def run(self) -> SearchStore:
         for candidate in self.store.pending():  # left by a crash: evaluate them first

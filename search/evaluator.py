@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Type
+
+from torch import nn
 
 from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import make_layer_class
@@ -57,17 +59,28 @@ def _data(config: EvaluationConfig) -> CIFAR10DataModule:
 
 
 def evaluate(genome: Genome, config: EvaluationConfig) -> Outcome:
+    """Run the protocols on a genome: stability first, then :func:`evaluate_layer`."""
+    start = time.perf_counter()
+    try:
+        if config.stability:
+            verdict = stability_test(genome, config.stability_steps, config.stability_threshold, seed=config.seed)
+            if not verdict.passed:
+                return Outcome(None, "stability", verdict.reason, time.perf_counter() - start)
+        outcome = evaluate_layer(make_layer_class("Candidate", genome), config)
+    except Exception as error:  # a candidate must never crash the search; the reason is recorded
+        return Outcome(None, "error", f"{type(error).__name__}: {error}", time.perf_counter() - start)
+    return Outcome(outcome.scores, outcome.protocol, outcome.reason, time.perf_counter() - start)
+
+
+def evaluate_layer(layer: Type[nn.Module], config: EvaluationConfig) -> Outcome:
+    """Quality gate and proxy training of a layer class (a candidate, or a baseline such as
+    ``BatchNormReLU`` trained the same way for comparison)."""
     start = time.perf_counter()
 
     def rejected(protocol: str, reason: str) -> Outcome:
         return Outcome(None, protocol, reason, time.perf_counter() - start)
 
     try:
-        if config.stability:
-            verdict = stability_test(genome, config.stability_steps, config.stability_threshold, seed=config.seed)
-            if not verdict.passed:
-                return rejected("stability", verdict.reason)
-        layer = make_layer_class("Candidate", genome)
         data = _data(config)
         known = {}  # architecture index -> accuracy already measured with train_steps
         if config.quality:

@@ -26,9 +26,10 @@ def tiny_config(tmp_path):
 
 def test_run_top_export_and_load_by_name(tiny_config, tmp_path, capsys):
     store = tmp_path / "run.sqlite"
-    assert main(["run", "--config", str(tiny_config), "--store", str(store)]) == 0
+    assert main(["run", "--config", str(tiny_config), "--store", str(store), "--baselines"]) == 0
     printed = capsys.readouterr().out
     assert "candidates: 3 finished" in printed and "resnet50v2 0." in printed
+    assert "baseline BatchNormReLU: resnet50v2 0." in printed and "baseline GroupNormReLU" in printed
     assert SearchStore(store).counts()["done"] == 3
 
     assert main(["resume", "--store", str(store)]) == 0  # nothing left to do: no new candidate
