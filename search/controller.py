@@ -20,7 +20,7 @@ from evonorm_plugins.registry import paper_genome
 
 from evonorm_plugins.registry import get_layer_class
 
-from .evaluator import EvaluationConfig, Outcome, evaluate, evaluate_layer
+from .evaluator import EvaluationConfig, Outcome, evaluate, evaluate_layer, prepare
 from .evolution import RandomSearch, RegularizedEvolution
 from .proxy import ArchitectureConfig
 from .rejection import functional_hash
@@ -111,6 +111,7 @@ class Controller:
     def evaluate_baselines(self, names=("BatchNormReLU", "GroupNormReLU")) -> dict:
         """Train the baselines exactly as the candidates (stored once, as ``baselines`` in the store)."""
         results = self.store.get_meta("baselines") or {}
+        prepare(self.config.evaluation)
         for name in names:
             if name not in results:
                 outcome = evaluate_layer(get_layer_class(name), self.config.evaluation)
@@ -119,6 +120,8 @@ class Controller:
         return results
 
     def run(self) -> SearchStore:
+        if self.evaluate_fn is evaluate:
+            prepare(self.config.evaluation)
         for candidate in self.store.pending():  # left by a crash: evaluate them first
             self._finish(candidate.id, candidate.genome)
         while self.store.finished_count() < self.config.budget:

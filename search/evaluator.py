@@ -51,6 +51,12 @@ class Outcome:
     wall_time: float = 0.0
 
 
+def prepare(config: EvaluationConfig) -> None:
+    """Load the proxy data once, raising on a missing or malformed dataset: a problem of the run,
+    which must stop it rather than reject every candidate."""
+    _data(config)
+
+
 @lru_cache(maxsize=4)
 def _data(config: EvaluationConfig) -> CIFAR10DataModule:
     data = CIFAR10DataModule(config.data_dir, config.batch_size, config.val_fraction, config.data_limit, config.seed)

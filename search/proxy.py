@@ -109,8 +109,12 @@ def load_cifar10_batches(folder: Union[str, Path], limit: Optional[int] = None) 
     for file in files:
         with file.open("rb") as f:
             batch = pickle.load(f, encoding="bytes")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        # The original files, written by Python 2, have bytes keys; re-saved copies often have str keys.
+        batch = {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
+        if "data" not in batch or "labels" not in batch:
+            raise ValueError(f"{file} is not a CIFAR-10 python batch: it has no 'data' and 'labels' (keys: {sorted(batch)})")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch["labels"], dtype=np.int64))
     x, y = np.concatenate(images), np.concatenate(labels)
     return (x[:limit], y[:limit]) if limit else (x, y)
 

@@ -127,3 +127,10 @@ def test_evaluator_protocols_on_the_smoke_task():
     assert exploding.scores is None and exploding.protocol == "stability"
     constant = evaluate(genome_from_ops([("mul", [0, 1])]), EvaluationConfig(**{**SMOKE.__dict__, "stability": False}))
     assert constant.scores is None and constant.protocol == "quality" and "< 0.2" in constant.reason
+
+
+def test_a_missing_dataset_stops_the_run_instead_of_rejecting_everything(tmp_path):
+    broken = SearchConfig(space=SPACE, budget=3, evaluation=EvaluationConfig(data_dir=str(tmp_path / "nowhere")))
+    with pytest.raises(FileNotFoundError, match=r"no CIFAR-10 python batches"):
+        Controller(tmp_path / "s.sqlite", broken).run()
+    assert SearchStore(tmp_path / "s.sqlite").finished_count() == 0

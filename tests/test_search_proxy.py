@@ -49,6 +49,17 @@ def test_cifar_batches_load_and_split(tmp_path):
     assert x.shape == (8, 3, 32, 32) and abs(float(x.mean())) < 1.0
 
 
+def test_str_keyed_batches_and_malformed_files(tmp_path):
+    rng = np.random.default_rng(0)
+    with (tmp_path / "data_batch_1").open("wb") as f:  # a re-saved copy: str keys
+        pickle.dump({"data": rng.integers(0, 256, (5, 3072), dtype=np.uint8), "labels": [1, 2, 3, 4, 5]}, f, protocol=2)
+    assert load_cifar10_batches(tmp_path)[1].tolist() == [1, 2, 3, 4, 5]
+    with (tmp_path / "data_batch_2").open("wb") as f:
+        pickle.dump({"images": []}, f)
+    with pytest.raises(ValueError, match=r"data_batch_2 is not a CIFAR-10 python batch: it has no 'data' and 'labels'"):
+        load_cifar10_batches(tmp_path)
+
+
 def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no CIFAR-10 python batches .* point data_dir at the cifar-10-batches-py folder"):
         load_cifar10_batches(tmp_path / "nowhere")
