@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from evonorm_plugins.graph import Genome
-from evonorm_plugins.registry import paper_genome
-
-from evonorm_plugins.registry import get_layer_class
+from evonorm_plugins.registry import get_layer_class, paper_genome
 
 from .evaluator import EvaluationConfig, Outcome, evaluate, evaluate_layer, prepare
 from .evolution import RandomSearch, RegularizedEvolution
