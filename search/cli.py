@@ -105,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError) as error:  # bad config, store or dataset: said, not a traceback
+    except (FileNotFoundError, ValueError, RuntimeError) as error:  # bad config, store, dataset: said, not a traceback
         print(f"evonorm-search: error: {error}", file=sys.stderr)
         return 2
 

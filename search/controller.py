@@ -11,7 +11,7 @@ rebuilds the population), and candidates left pending by a crash are evaluated f
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -26,6 +26,7 @@ from .space import SearchSpace
 from .store import SearchStore
 
 Evaluate = Callable[[Genome, EvaluationConfig], Outcome]
+SYSTEMATIC_ERRORS = 5
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,31 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchConfig":
-        evaluation = dict(data.get("evaluation", {}))
+        """From plain data (YAML, the store's copy); numbers are coerced to the fields' types, since
+        YAML reads ``1.0e8`` as a string."""
+        evaluation = _coerced(EvaluationConfig, dict(data.get("evaluation", {})))
         evaluation["architectures"] = tuple(
             ArchitectureConfig(a["name"], a.get("width", 0.25), tuple(a.get("depth", ()))) for a in evaluation.get("architectures", ())
         ) or EvaluationConfig().architectures
-        space = dict(data.get("space", {}))
+        space = _coerced(SearchSpace, dict(data.get("space", {})))
         if space.get("ops") is not None:
             space["ops"] = tuple(space["ops"])
-        rest = {k: v for k, v in data.items() if k not in ("space", "evaluation")}
+        rest = _coerced(cls, {k: v for k, v in data.items() if k not in ("space", "evaluation")})
         return cls(space=SearchSpace(**space), evaluation=EvaluationConfig(**evaluation), **rest)
+
+
+def _coerced(config_class: type, values: dict) -> dict:
+    """``values`` with each number converted to the type of the field's default (int, float, bool)."""
+    defaults = {f.name: f.default for f in fields(config_class)}
+    result = dict(values)
+    for key, value in values.items():
+        default = defaults.get(key)
+        if isinstance(default, (bool, int, float)) and not isinstance(default, type(value)) and value is not None:
+            try:
+                result[key] = type(default)(float(value)) if not isinstance(default, bool) else bool(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{key}: expected a {type(default).__name__}, got {value!r}") from None
+    return result
 
 
 def _strategy(config: SearchConfig):
@@ -91,6 +108,22 @@ class Controller:
         else:
             self.store.complete(candidate_id, outcome.scores, outcome.wall_time)
         self.strategy.report(genome, outcome.scores)
+        self._check_systematic_errors(outcome)
+
+    def _check_systematic_errors(self, outcome: Outcome) -> None:
+        """Different candidates failing with the very same error in a row point at the run (config,
+        environment), not at the candidates: stop instead of rejecting the whole budget."""
+        if outcome.protocol != "error":
+            self._error_streak = (None, 0)
+            return
+        reason, count = getattr(self, "_error_streak", (None, 0))
+        count = count + 1 if reason == outcome.reason else 1
+        self._error_streak = (outcome.reason, count)
+        if count >= SYSTEMATIC_ERRORS:
+            raise RuntimeError(
+                f"{count} candidates in a row failed with the same error, so the run itself is broken: "
+                f"{outcome.reason}. Fix it (the config, the data, the environment), then `evonorm-search resume`"
+            )
 
     def step(self) -> None:
         genome = self.strategy.propose()

@@ -134,3 +134,19 @@ def test_a_missing_dataset_stops_the_run_instead_of_rejecting_everything(tmp_pat
     with pytest.raises(FileNotFoundError, match=r"no CIFAR-10 python batches"):
         Controller(tmp_path / "s.sqlite", broken).run()
     assert SearchStore(tmp_path / "s.sqlite").finished_count() == 0
+
+
+def test_config_numbers_are_coerced_and_bad_ones_named():
+    config = SearchConfig.from_dict({"budget": "10", "evaluation": {"stability_threshold": "1.0e8", "train_steps": 5.0}})
+    assert config.budget == 10 and config.evaluation.stability_threshold == 1e8 and config.evaluation.train_steps == 5
+    with pytest.raises(ValueError, match=r"lr: expected a float, got 'fast'"):
+        SearchConfig.from_dict({"evaluation": {"lr": "fast"}})
+
+
+def test_the_same_error_over_and_over_stops_the_run(tmp_path):
+    def broken(genome, cfg):
+        return Outcome(None, "error", "TypeError: '>' not supported between instances of 'float' and 'str'")
+
+    with pytest.raises(RuntimeError, match=r"5 candidates in a row failed with the same error, so the run itself is broken"):
+        Controller(tmp_path / "s.sqlite", config(50), broken).run()
+    assert SearchStore(tmp_path / "s.sqlite").finished_count() < 50
