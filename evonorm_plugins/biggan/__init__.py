@@ -1,0 +1,10 @@
+"""BigGAN-deep with any registered normalization-activation layer in place of G's BN-ReLU.
+
+The networks (:mod:`.model`, :mod:`.conditional_norm`) need torch only and are exported here. The
+Lightning parts load on demand: :mod:`.module` (training loop), :mod:`.data` (CIFAR-10 and
+ImageFolder data modules), :mod:`.metrics` (IS/FID) and :mod:`.cli` (``evonorm-biggan fit --config …``).
+"""
+from .conditional_norm import ConditionalNormAct
+from .model import Discriminator, Generator, count_parameters, truncated_z
+
+__all__ = ["ConditionalNormAct", "Discriminator", "Generator", "count_parameters", "truncated_z"]

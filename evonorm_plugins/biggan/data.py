@@ -1,0 +1,157 @@
+"""Data modules for BigGAN training: CIFAR-10 python batches, and any ImageFolder tree (ImageNet).
+
+Both yield ``(images, labels)`` with images as float tensors in [-1, 1] (G's tanh range), drop the
+last incomplete batch (a training step splits its batch into equal micro-batches), and check their
+root in ``setup`` with an error that names the missing path and the expected layout. The validation
+loader holds the first ``eval_images`` real images (the FID reference set) in batches of
+``eval_batch_size``.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+
+class BigGANDataModule(pl.LightningDataModule):
+    """Shared loaders; subclasses set ``self.train_set`` in :meth:`setup`."""
+
+    def __init__(self, root: str, batch_size: int = 64, num_workers: int = 2, eval_images: int = 10000, eval_batch_size: int = 100) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.eval_images = eval_images
+        self.eval_batch_size = eval_batch_size
+        self.train_set: Optional[Dataset] = None
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "setup() runs before the loaders"
+        if len(self.train_set) < self.batch_size:
+            raise ValueError(f"the training set under {str(self.root)!r} has {len(self.train_set)} images, fewer than one batch ({self.batch_size}); lower data.batch_size")
+        return self._loader(self.train_set, self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "setup() runs before the loaders"
+        return self._loader(Subset(self.train_set, range(min(self.eval_images, len(self.train_set)))), self.eval_batch_size, shuffle=False, drop_last=False)
+
+
+class _ScaledUint8(TensorDataset):
+    """uint8 (N, 3, H, W) images → float in [-1, 1], with optional random horizontal flips."""
+
+    def __init__(self, images: Tensor, labels: Tensor, flip: bool) -> None:
+        super().__init__(images, labels)
+        self.flip = flip
+
+    def __getitem__(self, index: int) -> Tuple[Tensor, Tensor]:
+        image, label = super().__getitem__(index)
+        image = image.float() / 127.5 - 1.0
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image, label
+
+
+def _read_batch(file: Path) -> Dict[str, Any]:
+    with open(file, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+class CIFAR10DataModule(BigGANDataModule):
+    """CIFAR-10 from the python batches (``data_batch_*``), as in the official ``cifar-10-python.tar.gz``.
+
+    Args:
+        root: the ``cifar-10-batches-py`` folder, or a folder that contains it. Any subset of the
+            ``data_batch_*`` files is used as found.
+        flip: random horizontal flips (BigGAN's CIFAR setting does not flip).
+    """
+
+    def __init__(
+        self, root: str, batch_size: int = 64, num_workers: int = 2, eval_images: int = 10000, eval_batch_size: int = 100, flip: bool = False
+    ) -> None:
+        super().__init__(root, batch_size, num_workers, eval_images, eval_batch_size)
+        self.flip = flip
+        self.num_classes = 10
+
+    def _files(self) -> List[Path]:
+        for folder in (self.root, self.root / "cifar-10-batches-py"):
+            files = sorted(folder.glob("data_batch_*"))
+            if files:
+                return files
+        raise FileNotFoundError(
+            f"no CIFAR-10 python batches at {str(self.root)!r}: expected data_batch_1 … data_batch_5 in it or "
+            f"in its cifar-10-batches-py/ subfolder (extract cifar-10-python.tar.gz there, or set data.root)"
+        )
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        batches = [_read_batch(f) for f in self._files()]
+        images = torch.from_numpy(np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32))
+        labels = torch.tensor([label for b in batches for label in b["labels"]], dtype=torch.long)
+        self.train_set = _ScaledUint8(images, labels, self.flip)
+
+
+class ImageFolderDataModule(BigGANDataModule):
+    """Any ``root/<class>/<image>`` tree (ImageNet's train folder): BigGAN's preprocessing, a centre
+    crop of the short side resized to ``resolution``.
+
+    Args:
+        resolution: output side (must equal ``model.resolution``).
+        flip: random horizontal flips.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        resolution: int = 128,
+        batch_size: int = 64,
+        num_workers: int = 8,
+        eval_images: int = 50000,
+        eval_batch_size: int = 100,
+        flip: bool = False,
+    ) -> None:
+        super().__init__(root, batch_size, num_workers, eval_images, eval_batch_size)
+        self.resolution = resolution
+        self.flip = flip
+        self.num_classes: Optional[int] = None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        from torchvision import transforms
+        from torchvision.datasets import ImageFolder
+
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"no image folder at {str(self.root)!r}: expected one subfolder per class with the images "
+                f"inside (root/<class>/<image>.JPEG, e.g. ImageNet's train/); set data.root"
+            )
+        steps: List[Any] = [transforms.Lambda(_center_crop_short_side), transforms.Resize(self.resolution)]
+        if self.flip:
+            steps.append(transforms.RandomHorizontalFlip())
+        steps += [transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
+        try:
+            self.train_set = ImageFolder(str(self.root), transform=transforms.Compose(steps))
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{error}; expected root/<class>/<image> under {str(self.root)!r}") from error
+        self.num_classes = len(self.train_set.classes)
+
+
+def _center_crop_short_side(image: Any) -> Any:
+    """BigGAN's CenterCropLongEdge: the largest centred square."""
+    from torchvision.transforms.functional import center_crop
+
+    return center_crop(image, min(image.size))

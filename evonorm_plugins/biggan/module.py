@@ -1,0 +1,224 @@
+"""The BigGAN-deep training loop as a ``LightningModule`` with manual optimization.
+
+One ``training_step`` is one BigGAN iteration: ``d_steps`` discriminator steps, then one generator
+step, each accumulating gradients over ``accumulate`` micro-batches (BigGAN-deep: 2 D steps, 8
+accumulations of 256 = batch 2048). The loader batch therefore holds ``d_steps · accumulate``
+micro-batches of real images, consumed by the D steps; the G step only needs z and labels. Adam with
+BigGAN's betas (0, 0.999) and eps 1e-6, and two-timescale learning rates (G 1e-4, D 4e-4).
+
+The EMA generator ``G_ema`` copies G until ``ema_start`` G steps, then averages with ``ema_decay``;
+its running statistics are re-estimated ("standing statistics", see :mod:`.ema`) before sample grids
+and evaluation. Sampling uses ``G_ema`` in eval mode with the truncation trick.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from .ema import ema_update, standing_stats
+from .losses import hinge_d, hinge_g
+from .metrics import InceptionMetrics
+from .model import Discriminator, Generator, truncated_z
+
+
+class BigGANModule(pl.LightningModule):
+    """BigGAN-deep with the G normalization-activation chosen by registry name (``layer``).
+
+    Args:
+        resolution, n_classes, depth, dim_z, shared_dim, layer, layer_kwargs: see :class:`.Generator`.
+        g_ch, d_ch: channel multipliers of G and D.
+        g_attention, d_attention: self-attention resolution in G and D (None: none).
+        g_lr, d_lr, betas, adam_eps: Adam settings (two time-scale learning rates).
+        d_steps: D steps per G step.
+        accumulate: micro-batches accumulated per optimizer step.
+        ema_decay, ema_start: EMA of G's weights, starting after ``ema_start`` G steps.
+        standing_stats_batches, standing_stats_batch_size: batches that re-estimate G_ema's running
+            statistics before it samples.
+        truncation: truncation threshold of z for sample grids and evaluation.
+        sample_every: G steps between sample grids (written as PNG under the log dir, and to the logger
+            when it takes images).
+        sample_classes, sample_per_class: the grid's rows (classes spread over all of them) and columns.
+        inception_weights: local path of torch-fidelity's Inception-v3 weights for IS/FID in
+            validation; None disables evaluation.
+        seed: seed of the fixed grid latents.
+    """
+
+    def __init__(
+        self,
+        resolution: int = 32,
+        n_classes: int = 10,
+        g_ch: int = 32,
+        d_ch: int = 32,
+        depth: int = 2,
+        dim_z: int = 128,
+        shared_dim: int = 128,
+        g_attention: Optional[int] = 16,
+        d_attention: Optional[int] = 16,
+        layer: str = "BatchNormReLU",
+        layer_kwargs: Optional[Dict[str, Any]] = None,
+        g_lr: float = 1e-4,
+        d_lr: float = 4e-4,
+        betas: Tuple[float, float] = (0.0, 0.999),
+        adam_eps: float = 1e-6,
+        d_steps: int = 2,
+        accumulate: int = 1,
+        ema_decay: float = 0.9999,
+        ema_start: int = 20000,
+        standing_stats_batches: int = 16,
+        standing_stats_batch_size: int = 64,
+        truncation: float = 1.0,
+        sample_every: int = 1000,
+        sample_classes: int = 10,
+        sample_per_class: int = 8,
+        inception_weights: Optional[str] = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if d_steps < 1 or accumulate < 1:
+            raise ValueError(f"d_steps and accumulate must be >= 1, got d_steps={d_steps}, accumulate={accumulate}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.G = Generator(resolution, n_classes, g_ch, depth, dim_z, shared_dim, g_attention, layer, layer_kwargs)
+        self.D = Discriminator(resolution, n_classes, d_ch, depth, d_attention)
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
+        self.register_buffer("g_steps", torch.zeros((), dtype=torch.long))
+        generator = torch.Generator().manual_seed(seed)
+        classes = torch.linspace(0, n_classes - 1, min(sample_classes, n_classes)).round().long()
+        self.register_buffer("fixed_y", classes.repeat_interleave(sample_per_class))
+        self.register_buffer("fixed_z", truncated_z(len(self.fixed_y), dim_z, truncation, generator))
+        # Kept out of the module tree on purpose (see InceptionMetrics); built now so a wrong weights
+        # path fails when the CLI starts, not at the first validation.
+        self._metrics: Optional[InceptionMetrics] = InceptionMetrics(inception_weights) if inception_weights else None
+
+    # -- sampling --------------------------------------------------------------------------------
+
+    def random_labels(self, n: int) -> Tensor:
+        return torch.randint(0, self.hparams.n_classes, (n,), device=self.device)
+
+    def random_z(self, n: int, truncation: Optional[float] = None) -> Tensor:
+        """z ~ N(0, I), or truncated to [-t, t] when ``truncation`` is given."""
+        if truncation is None:
+            return torch.randn(n, self.hparams.dim_z, device=self.device)
+        return truncated_z(n, self.hparams.dim_z, truncation).to(self.device)
+
+    @torch.no_grad()
+    def refresh_ema_stats(self) -> None:
+        """Re-estimate G_ema's running statistics from its own outputs (standing statistics)."""
+        n, t = self.hparams.standing_stats_batch_size, self.hparams.truncation
+        standing_stats(self.G_ema, self.hparams.standing_stats_batches, lambda: self.G_ema(self.random_z(n, t), self.random_labels(n)))
+
+    @torch.no_grad()
+    def sample(self, n: int, y: Optional[Tensor] = None, truncation: Optional[float] = None, z: Optional[Tensor] = None) -> Tensor:
+        """``n`` images in [-1, 1] from G_ema in eval mode (its running statistics as they stand; call
+        :meth:`refresh_ema_stats` first after changing G_ema). ``y`` defaults to random classes,
+        ``truncation`` to the configured one, ``z`` to fresh truncated latents."""
+        y = self.random_labels(n) if y is None else y.to(self.device)
+        z = self.random_z(n, self.hparams.truncation if truncation is None else truncation) if z is None else z.to(self.device)
+        self.G_ema.eval()
+        return self.G_ema(z, y)
+
+    # -- training --------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> List[torch.optim.Optimizer]:
+        hp = self.hparams
+        opt_g = torch.optim.Adam(self.G.parameters(), lr=hp.g_lr, betas=tuple(hp.betas), eps=hp.adam_eps)
+        opt_d = torch.optim.Adam(self.D.parameters(), lr=hp.d_lr, betas=tuple(hp.betas), eps=hp.adam_eps)
+        return [opt_g, opt_d]
+
+    def on_fit_start(self) -> None:
+        classes = getattr(self.trainer.datamodule, "num_classes", None)
+        if classes is not None and classes != self.hparams.n_classes:
+            raise ValueError(f"the dataset has {classes} classes but model.n_classes={self.hparams.n_classes}; set model.n_classes to {classes}")
+
+    def _micro_batches(self, x: Tensor, y: Tensor) -> List[Tuple[Tensor, Tensor]]:
+        parts = self.hparams.d_steps * self.hparams.accumulate
+        res = self.hparams.resolution
+        if x.shape[1:] != (3, res, res):
+            raise ValueError(f"images of shape {tuple(x.shape[1:])} do not match model.resolution={res}; set the data module's resolution to {res}")
+        if x.shape[0] % parts:
+            raise ValueError(
+                f"the loader batch ({x.shape[0]}) must hold d_steps × accumulate = {parts} equal micro-batches; "
+                f"set data.batch_size to a multiple of {parts} (micro-batch × {parts})"
+            )
+        return list(zip(x.chunk(parts), y.chunk(parts)))
+
+    def training_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        hp = self.hparams
+        micro = self._micro_batches(*batch)
+        self.G.train()
+        self.D.train()
+
+        self.D.requires_grad_(True)
+        for step in range(hp.d_steps):
+            opt_d.zero_grad(set_to_none=True)
+            for x_real, y_real in micro[step * hp.accumulate : (step + 1) * hp.accumulate]:
+                n = x_real.shape[0]
+                y_fake = self.random_labels(n)
+                with torch.no_grad():
+                    x_fake = self.G(self.random_z(n), y_fake)
+                logits = self.D(torch.cat([x_real, x_fake]), torch.cat([y_real, y_fake]))
+                loss_real, loss_fake = hinge_d(logits[:n], logits[n:])
+                self.manual_backward((loss_real + loss_fake) / hp.accumulate)
+            opt_d.step()
+
+        self.D.requires_grad_(False)  # G's step needs no D gradients
+        opt_g.zero_grad(set_to_none=True)
+        n = micro[0][0].shape[0]
+        for _ in range(hp.accumulate):
+            y_fake = self.random_labels(n)
+            loss_g = hinge_g(self.D(self.G(self.random_z(n), y_fake), y_fake))
+            self.manual_backward(loss_g / hp.accumulate)
+        opt_g.step()
+        self.D.requires_grad_(True)
+
+        self.g_steps += 1
+        g_steps = int(self.g_steps)
+        ema_update(self.G_ema, self.G, hp.ema_decay if g_steps > hp.ema_start else 0.0)
+        self.log_dict({"loss/d_real": loss_real, "loss/d_fake": loss_fake, "loss/g": loss_g, "g_steps": float(g_steps)}, prog_bar=True)
+        if g_steps % hp.sample_every == 0:
+            self.log_sample_grid()
+
+    # -- grids and evaluation --------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        if int(self.g_steps) == 0:  # the untrained grid, the reference for later ones
+            self.log_sample_grid()
+
+    def log_sample_grid(self) -> Path:
+        """Write the fixed-latent grid of G_ema (one class per row) to ``<log dir>/samples/``, and to
+        the logger when it takes images (TensorBoard). Returns the PNG path."""
+        self.refresh_ema_stats()
+        images = self.sample(len(self.fixed_y), self.fixed_y, z=self.fixed_z)
+        grid = make_grid(images, nrow=self.hparams.sample_per_class, normalize=True, value_range=(-1, 1))
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        path = log_dir / "samples" / f"step_{int(self.g_steps):07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, path)
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_image"):
+            experiment.add_image("samples", grid, int(self.g_steps))
+        return path
+
+    def on_validation_epoch_start(self) -> None:
+        if self._metrics is not None:
+            self._metrics.to(self.device)
+            self.refresh_ema_stats()
+
+    def validation_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Real images of the batch against as many G_ema samples (random classes, truncated z)."""
+        if self._metrics is None:
+            return
+        x, _ = batch
+        self._metrics.update_real(x)
+        self._metrics.update_fake(self.sample(x.shape[0]))
+
+    def on_validation_epoch_end(self) -> None:
+        if self._metrics is not None:
+            self.log_dict({f"eval/{k}": v for k, v in self._metrics.compute().items()})

@@ -1,0 +1,306 @@
+"""BigGAN-deep with registry layers: networks, conditional norm, EMA/standing stats, training, CLI."""
+import copy
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("pytorch_lightning")
+pytest.importorskip("torchvision")
+import pytorch_lightning as pl  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+import evonorm_plugins as ep  # noqa: E402
+from evonorm_plugins.biggan import ConditionalNormAct, Discriminator, Generator, count_parameters, truncated_z  # noqa: E402
+from evonorm_plugins.biggan.data import CIFAR10DataModule, ImageFolderDataModule  # noqa: E402
+from evonorm_plugins.biggan.ema import ema_update, standing_stats  # noqa: E402
+from evonorm_plugins.biggan.model import sn_linear_no_bias  # noqa: E402
+from evonorm_plugins.biggan.module import BigGANModule  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "biggan"
+GENOME_LAYER = "BigGANTestGenomeB0"  # an "evolved" layer: EvoNorm-B0's genome run by GraphNormAct
+TINY = dict(resolution=32, n_classes=4, g_ch=4, d_ch=4, depth=1, dim_z=8, shared_dim=8, g_attention=16, d_attention=16,
+            standing_stats_batches=2, standing_stats_batch_size=4, sample_classes=2, sample_per_class=2, sample_every=1000)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _genome_layer():
+    ep.register_layer(GENOME_LAYER, ep.paper_genome("EvoNormB0"))
+    yield
+    ep.registry.unregister_layer(GENOME_LAYER)
+
+
+def _loader(n=8, classes=4, batch=4):
+    data = TensorDataset(torch.rand(n, 3, 32, 32) * 2 - 1, torch.arange(n) % classes)
+    return DataLoader(data, batch_size=batch, drop_last=True)
+
+
+def _trainer(tmp_path, **kw):
+    args = dict(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, default_root_dir=str(tmp_path))
+    return pl.Trainer(**{**args, **kw})
+
+
+def _write_cifar(folder: Path, n=16):
+    folder.mkdir(parents=True)
+    batch = {"batch_label": "test", "labels": [i % 10 for i in range(n)],
+             "data": np.random.randint(0, 256, (n, 3072), dtype=np.uint8)}
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump(batch, f)
+    return folder
+
+
+# -- networks -------------------------------------------------------------------------------------
+
+def test_biggan_deep_128_parameter_counts():
+    # BigGAN-deep 128 in Brock et al. 2019: G 50.4M, D 34.6M (counted without a forward: CPU time).
+    assert count_parameters(Generator(128)) == 50_244_484
+    assert count_parameters(Discriminator(128)) == 34_590_210
+
+
+def test_128_architecture_shapes_at_narrow_width():
+    G, D = Generator(128, ch=8), Discriminator(128, ch=8)
+    y = torch.tensor([0, 999])
+    with torch.no_grad():
+        images = G(torch.randn(2, 128), y)
+        assert images.shape == (2, 3, 128, 128) and images.abs().max() <= 1
+        assert D(images, y).shape == (2,)
+
+
+def test_evonorm_b0_generator_adds_only_v():
+    bn, b0 = Generator(32, 10, ch=4, depth=1, attention=16), Generator(32, 10, ch=4, depth=1, attention=16, layer="EvoNormB0")
+    norms = [m for m in b0.modules() if isinstance(m, ep.EvoNormB0)]
+    assert count_parameters(b0) - count_parameters(bn) == sum(m.v.numel() for m in norms)
+
+
+@pytest.mark.parametrize("resolution,attention", [(32, 16), (64, 32)])
+def test_resolutions_32_and_64(resolution, attention):
+    G = Generator(resolution, 5, ch=8, depth=1, dim_z=8, shared_dim=8, attention=attention)
+    D = Discriminator(resolution, 5, ch=8, depth=1, attention=attention)
+    x = G(torch.randn(2, 8), torch.tensor([1, 4]))
+    assert x.shape == (2, 3, resolution, resolution) and D(x, torch.tensor([1, 4])).shape == (2,)
+
+
+def test_bad_resolution_and_attention_errors():
+    with pytest.raises(ValueError, match="resolution 48 is not supported"):
+        Generator(48)
+    with pytest.raises(ValueError, match="attention resolution 64 .* stage resolutions"):
+        Discriminator(64, attention=64)
+
+
+def test_conditional_norm_replaces_the_layers_affine():
+    cond = torch.randn(3, 6)
+    # BN-ReLU: BigGAN's ReLU(BN(x)·(1 + W_g e) + W_b e); the layer keeps no γ, β of its own.
+    layer = ConditionalNormAct("BatchNormReLU", 5, 6, sn_linear_no_bias)
+    assert layer.norm.weight is None and layer.norm.bias is None
+    x = torch.randn(3, 5, 4, 4)
+    gain = 1 + layer.gain(cond).view(3, 5, 1, 1)
+    expected = torch.relu(torch.nn.functional.batch_norm(x, None, None, training=True) * gain + layer.bias(cond).view(3, 5, 1, 1))
+    torch.testing.assert_close(layer(x, cond), expected)
+    # EvoNorm: the activation is inside the layer, the conditional affine is its last operation.
+    layer = ConditionalNormAct("EvoNormS0", 5, 6, sn_linear_no_bias, {"groups": 5})
+    reference = ep.EvoNormS0(5, groups=5)
+    reference.v.data.copy_(layer.norm.v)
+    expected = reference(x) * (1 + layer.gain(cond).view(3, 5, 1, 1)) + layer.bias(cond).view(3, 5, 1, 1)
+    torch.testing.assert_close(layer(x, cond), expected)
+
+
+def test_unknown_layer_name_is_a_clear_error():
+    with pytest.raises(ep.UnknownLayerError, match="unknown layer 'EvoNormB9'.*did you mean"):
+        BigGANModule(**{**TINY, "layer": "EvoNormB9"})
+
+
+# -- EMA and running statistics -------------------------------------------------------------------
+
+def test_ema_update_averages_parameters_and_keeps_running_stats():
+    G = Generator(32, 4, ch=4, depth=1, attention=None, layer="EvoNormB0")
+    ema = copy.deepcopy(G)
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(1.0)
+        ema.blocks[0].norm1.norm.running_var.fill_(7.0)
+    old = [p.clone() for p in ema.parameters()]
+    ema_update(ema, G, decay=0.75)
+    for e, o, g in zip(ema.parameters(), old, G.parameters()):
+        torch.testing.assert_close(e, 0.75 * o + 0.25 * g)
+    assert torch.all(ema.blocks[0].norm1.norm.running_var == 7.0)  # statistics are not averaged
+    torch.testing.assert_close(ema.linear.parametrizations.weight[0]._u, G.linear.parametrizations.weight[0]._u)
+    ema_update(ema, G, decay=0.0)
+    assert all(torch.equal(e, g) for e, g in zip(ema.parameters(), G.parameters()))
+
+
+@pytest.mark.parametrize("name", ["BatchNormReLU", "EvoNormB0", GENOME_LAYER])
+def test_standing_stats_are_the_plain_average_over_batches(name):
+    layer = ep.get_layer(name, 3)
+    batches = [torch.randn(4, 3, 5, 5) * s + s for s in (1.0, 2.0, 3.0)]
+    per_batch = []
+    for x in batches:  # each batch's own statistic: momentum 1 replaces the estimate
+        single = copy.deepcopy(layer).train()
+        single.momentum = 1.0
+        single(x)
+        per_batch.append([b.clone() for n, b in single.named_buffers() if n != "num_batches_tracked"])
+    it = iter(batches)
+    layer.eval()
+    standing_stats(layer, len(batches), lambda: layer(next(it)))
+    assert not layer.training and layer.momentum == 0.1
+    for got, *seen in zip([b for n, b in layer.named_buffers() if n != "num_batches_tracked"], *per_batch):
+        torch.testing.assert_close(got, torch.stack(seen).mean(0))
+
+
+def test_eval_sampling_uses_running_stats_of_the_ema_generator(tmp_path):
+    module = BigGANModule(**{**TINY, "layer": "EvoNormB0"})
+    module.refresh_ema_stats()
+    running = module.G_ema.blocks[0].norm1.norm.running_var
+    assert not torch.allclose(running, torch.ones_like(running))  # re-estimated from G_ema's outputs
+    z, y = truncated_z(4, 8, 0.5), torch.tensor([0, 1, 2, 3])
+    batch = module.sample(4, y, z=z)
+    alone = module.sample(1, y[:1], z=z[:1])  # eval mode: independent of the rest of the batch
+    torch.testing.assert_close(alone, batch[:1])
+    assert not module.G_ema.training
+
+
+def test_truncated_sampling():
+    z = truncated_z(1000, 16, 0.4)
+    assert z.abs().max() <= 0.4 and z.std() > 0.15
+    module = BigGANModule(**TINY)
+    images = module.sample(3, truncation=0.3)
+    assert images.shape == (3, 3, 32, 32) and images.abs().max() <= 1
+    with pytest.raises(ValueError, match="truncation must be positive"):
+        module.sample(2, truncation=0.0)
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(set(ep.list_layers()) | {GENOME_LAYER}))
+def test_one_manual_optimization_step_with_each_layer(name, tmp_path):
+    module = BigGANModule(**{**TINY, "layer": name, "d_steps": 2, "accumulate": 1, "ema_start": 0, "ema_decay": 0.5})
+    before_g = [p.clone() for p in module.G.parameters()]
+    before_d = [p.clone() for p in module.D.parameters()]
+    before_ema = [p.clone() for p in module.G_ema.parameters()]
+    _trainer(tmp_path, limit_train_batches=1).fit(module, _loader(n=8, batch=8))
+    assert int(module.g_steps) == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before_g, module.G.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_d, module.D.parameters()))
+    for e, old, g in zip(module.G_ema.parameters(), before_ema, module.G.parameters()):
+        torch.testing.assert_close(e, 0.5 * old + 0.5 * g)
+
+
+def test_gradient_accumulation_and_batch_split_error(tmp_path):
+    module = BigGANModule(**{**TINY, "d_steps": 1, "accumulate": 2})
+    _trainer(tmp_path, limit_train_batches=1).fit(module, _loader(n=8, batch=4))
+    assert int(module.g_steps) == 1
+    module = BigGANModule(**{**TINY, "d_steps": 3, "accumulate": 1})
+    with pytest.raises(ValueError, match="multiple of 3"):
+        _trainer(tmp_path, limit_train_batches=1).fit(module, _loader(n=8, batch=4))
+
+
+def test_checkpoint_round_trip_and_resume(tmp_path):
+    module = BigGANModule(**{**TINY, "layer": "EvoNormB0", "ema_start": 0, "ema_decay": 0.9})
+    trainer = _trainer(tmp_path, limit_train_batches=2)
+    trainer.fit(module, _loader())
+    module.refresh_ema_stats()
+    path = tmp_path / "biggan.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = BigGANModule.load_from_checkpoint(path)
+    assert loaded.hparams.layer == "EvoNormB0"
+    assert module.state_dict().keys() == loaded.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), loaded.state_dict().values()))
+    torch.testing.assert_close(loaded.sample(4, loaded.fixed_y[:4], z=loaded.fixed_z[:4]), module.sample(4, module.fixed_y[:4], z=module.fixed_z[:4]))
+    resumed = BigGANModule(**{**TINY, "layer": "EvoNormB0", "ema_start": 0, "ema_decay": 0.9})
+    _trainer(tmp_path, limit_train_batches=2, max_epochs=2).fit(resumed, _loader(), ckpt_path=str(path))
+    assert int(resumed.g_steps) == 4
+
+
+def test_sample_grid_png(tmp_path):
+    module = BigGANModule(**{**TINY, "sample_every": 1})
+    _trainer(tmp_path, limit_train_batches=1).fit(module, _loader())
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000000.png", "step_0000001.png"]
+
+
+# -- data, metrics and CLI ------------------------------------------------------------------------
+
+def test_cifar10_data_module(tmp_path):
+    dm = CIFAR10DataModule(str(_write_cifar(tmp_path / "cifar-10-batches-py")), batch_size=4, num_workers=0)
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and x.min() >= -1 and x.max() <= 1 and y.dtype == torch.long
+    CIFAR10DataModule(str(tmp_path)).setup("fit")  # the parent folder works too
+
+
+def test_image_folder_data_module(tmp_path):
+    from PIL import Image
+
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            Image.fromarray(np.random.randint(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    dm = ImageFolderDataModule(str(tmp_path), resolution=32, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and dm.num_classes == 2 and x.min() >= -1 and x.max() <= 1
+
+
+def test_missing_dataset_paths_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no CIFAR-10 python batches at .*nowhere.*data_batch_1"):
+        CIFAR10DataModule(str(tmp_path / "nowhere")).setup("fit")
+    with pytest.raises(FileNotFoundError, match="no image folder at .*nowhere.*root/<class>"):
+        ImageFolderDataModule(str(tmp_path / "nowhere")).setup("fit")
+
+
+def test_missing_inception_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Inception weights not found at .*missing.pth.*pt_inception-2015-12-05"):
+        BigGANModule(**{**TINY, "inception_weights": str(tmp_path / "missing.pth")})
+
+
+@pytest.mark.slow
+def test_inception_metrics_with_local_weights(tmp_path):
+    """IS/FID plumbing with a randomly initialized Inception saved as a local weights file."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    from evonorm_plugins.biggan.metrics import InceptionMetrics
+
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, strict=True: None):
+        torch.save(fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict(), tmp_path / "w.pth")
+    metrics = InceptionMetrics(tmp_path / "w.pth", is_splits=1)
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    metrics.update_real(images)
+    metrics.update_fake(images.flip(0))
+    result = metrics.compute()
+    assert set(result) == {"fid", "is_mean", "is_std"} and torch.isfinite(result["fid"])
+
+
+def test_cli_fit_with_the_smoke_config(tmp_path):
+    from evonorm_plugins.biggan.cli import main
+
+    root = _write_cifar(tmp_path / "cifar")
+    main(["fit", "--config", str(CONFIGS / "smoke.yaml"), "--data.init_args.root", str(root),
+          "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert (tmp_path / "run" / "samples" / "step_0000002.png").is_file()
+    assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+
+
+def test_configs_parse_and_the_pair_differs_only_in_layer():
+    import yaml
+
+    for pair in ("imagenet128", "cifar10"):
+        bn = yaml.safe_load((CONFIGS / f"{pair}_bn_relu.yaml").read_text())
+        b0 = yaml.safe_load((CONFIGS / f"{pair}_evonorm_b0.yaml").read_text())
+        assert (bn["model"].pop("layer"), b0["model"].pop("layer")) == ("BatchNormReLU", "EvoNormB0")
+        bn["trainer"].pop("default_root_dir"), b0["trainer"].pop("default_root_dir")
+        assert bn == b0
+    model = yaml.safe_load((CONFIGS / "imagenet128_evonorm_b0.yaml").read_text())["model"]
+    assert (model["g_ch"], model["depth"], model["g_lr"], model["d_lr"], model["betas"]) == (128, 2, 1e-4, 4e-4, [0.0, 0.999])
+    assert yaml.safe_load((CONFIGS / "imagenet128_bn_relu.yaml").read_text())["data"]["init_args"]["batch_size"] == 2 * 8 * 256
+
+
+def test_biggan_package_does_not_import_lightning():
+    code = "import sys, evonorm_plugins.biggan; print([m for m in ('pytorch_lightning', 'lightning', 'torchvision') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
