@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pickle
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple, Type, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import pytorch_lightning as pl
@@ -23,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from evonorm_plugins.datasets import read_cifar10_batches
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -96,29 +96,6 @@ class ArchitectureConfig:
 
 
 # -------------------------------------------------------------------------------------------- data
-def load_cifar10_batches(folder: Union[str, Path], limit: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Images (N, 3, 32, 32) uint8 and labels from the ``data_batch_*`` files of CIFAR-10's python format."""
-    folder = Path(folder)
-    files = sorted(folder.glob("data_batch_*"))
-    if not files:
-        raise FileNotFoundError(
-            f"no CIFAR-10 python batches (data_batch_1 ...) in {str(folder)!r}; point data_dir at the "
-            f"cifar-10-batches-py folder, or use the synthetic dataset (data_dir: null) for a smoke run"
-        )
-    images, labels = [], []
-    for file in files:
-        with file.open("rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        # The original files, written by Python 2, have bytes keys; re-saved copies often have str keys.
-        batch = {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
-        if "data" not in batch or "labels" not in batch:
-            raise ValueError(f"{file} is not a CIFAR-10 python batch: it has no 'data' and 'labels' (keys: {sorted(batch)})")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
-    x, y = np.concatenate(images), np.concatenate(labels)
-    return (x[:limit], y[:limit]) if limit else (x, y)
-
-
 def synthetic_cifar(count: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """A learnable stand-in for CIFAR-10 that needs no download: each class is a colour and stripe
     orientation plus noise, so short training reaches well above chance."""
@@ -153,7 +130,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if self.data_dir is None:
             images, labels = synthetic_cifar(self.limit or 2000, self.seed)
         else:
-            images, labels = load_cifar10_batches(self.data_dir, self.limit)
+            images, labels = read_cifar10_batches(self.data_dir, self.limit)
         x = torch.from_numpy(images).float().div_(255)
         x = (x - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))

@@ -13,10 +13,10 @@ pytest.importorskip("timm")
 import evonorm_plugins as ep  # noqa: E402
 from evonorm_plugins.graph import GraphNormAct  # noqa: E402
 from evonorm_plugins.registry import make_layer_class, paper_genome  # noqa: E402
+from evonorm_plugins.datasets import read_cifar10_batches  # noqa: E402
 from evonorm_search.proxy import (  # noqa: E402
     ArchitectureConfig,
     CIFAR10DataModule,
-    load_cifar10_batches,
     synthetic_cifar,
     train_and_validate,
 )
@@ -39,9 +39,9 @@ def write_cifar_batches(folder, counts, seed=0):
 
 def test_cifar_batches_load_and_split(tmp_path):
     write_cifar_batches(tmp_path, [30, 20])
-    images, labels = load_cifar10_batches(tmp_path)
+    images, labels = read_cifar10_batches(tmp_path)
     assert images.shape == (50, 3, 32, 32) and images.dtype == np.uint8 and labels.shape == (50,)
-    assert load_cifar10_batches(tmp_path, limit=7)[0].shape[0] == 7
+    assert read_cifar10_batches(tmp_path, limit=7)[0].shape[0] == 7
     data = CIFAR10DataModule(str(tmp_path), batch_size=8, val_fraction=0.2)
     data.setup()
     assert len(data.train_set) == 40 and len(data.val_set) == 10
@@ -53,16 +53,16 @@ def test_str_keyed_batches_and_malformed_files(tmp_path):
     rng = np.random.default_rng(0)
     with (tmp_path / "data_batch_1").open("wb") as f:  # a re-saved copy: str keys
         pickle.dump({"data": rng.integers(0, 256, (5, 3072), dtype=np.uint8), "labels": [1, 2, 3, 4, 5]}, f, protocol=2)
-    assert load_cifar10_batches(tmp_path)[1].tolist() == [1, 2, 3, 4, 5]
+    assert read_cifar10_batches(tmp_path)[1].tolist() == [1, 2, 3, 4, 5]
     with (tmp_path / "data_batch_2").open("wb") as f:
         pickle.dump({"images": []}, f)
     with pytest.raises(ValueError, match=r"data_batch_2 is not a CIFAR-10 python batch: it has no 'data' and 'labels'"):
-        load_cifar10_batches(tmp_path)
+        read_cifar10_batches(tmp_path)
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no CIFAR-10 python batches .* point data_dir at the cifar-10-batches-py folder"):
-        load_cifar10_batches(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"no CIFAR-10 python batches at .*nowhere.* point the data path \(data_dir, data.root\) at the cifar-10-batches-py"):
+        read_cifar10_batches(tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\)"):
         CIFAR10DataModule(None, val_fraction=1.0)
 

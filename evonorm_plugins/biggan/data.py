@@ -8,16 +8,15 @@ loader holds the first ``eval_images`` real images (the FID reference set) in ba
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ..datasets import read_cifar10_batches
 
 class BigGANDataModule(pl.LightningDataModule):
     """Shared loaders; subclasses set ``self.train_set`` in :meth:`setup`."""
@@ -63,12 +62,6 @@ class _ScaledUint8(TensorDataset):
         return image, label
 
 
-def _read_batch(file: Path) -> Dict[str, Any]:
-    with open(file, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-
-
 class CIFAR10DataModule(BigGANDataModule):
     """CIFAR-10 from the python batches (``data_batch_*``), as in the official ``cifar-10-python.tar.gz``.
 
@@ -85,23 +78,11 @@ class CIFAR10DataModule(BigGANDataModule):
         self.flip = flip
         self.num_classes = 10
 
-    def _files(self) -> List[Path]:
-        for folder in (self.root, self.root / "cifar-10-batches-py"):
-            files = sorted(folder.glob("data_batch_*"))
-            if files:
-                return files
-        raise FileNotFoundError(
-            f"no CIFAR-10 python batches at {str(self.root)!r}: expected data_batch_1 … data_batch_5 in it or "
-            f"in its cifar-10-batches-py/ subfolder (extract cifar-10-python.tar.gz there, or set data.root)"
-        )
-
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
-        batches = [_read_batch(f) for f in self._files()]
-        images = torch.from_numpy(np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32))
-        labels = torch.tensor([label for b in batches for label in b["labels"]], dtype=torch.long)
-        self.train_set = _ScaledUint8(images, labels, self.flip)
+        images, labels = read_cifar10_batches(self.root)
+        self.train_set = _ScaledUint8(torch.from_numpy(images), torch.from_numpy(labels), self.flip)
 
 
 class ImageFolderDataModule(BigGANDataModule):

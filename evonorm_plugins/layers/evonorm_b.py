@@ -1,8 +1,8 @@
 """EvoNorm B-series: batch-dependent layers that keep a running variance for evaluation."""
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..functional import _evonorm_batch, channel_affine
 from .base import EvoNormBase
