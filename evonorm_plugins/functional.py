@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .kernels.batch import evonorm_batch_fused
-from .kernels.common import kernel_mode, set_kernel_mode
+from .kernels.common import compute_dtype, kernel_mode, set_kernel_mode
 from .kernels.sample import evonorm_sample_fused
 
 __all__ = [
@@ -93,13 +93,6 @@ def _check_channels(param: Optional[Tensor], what: str, num_channels: int, name:
         )
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """float32 for half-precision inputs, the input's own dtype otherwise."""
-    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
-        return torch.float32
-    return x.dtype
-
-
 def _per_channel(param: Optional[Tensor], shape: List[int], dtype: torch.dtype) -> Optional[Tensor]:
     if param is None:
         return None
@@ -122,7 +115,7 @@ def channel_affine(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Te
     _check_channels(weight, "weight", x.shape[1], "channel_affine")
     _check_channels(bias, "bias", x.shape[1], "channel_affine")
     shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
-    return _affine(x.to(_compute_dtype(x)), weight, bias, shape).to(x.dtype)
+    return _affine(x.to(compute_dtype(x)), weight, bias, shape).to(x.dtype)
 
 
 def update_running_stat(running: Tensor, batch: Tensor, momentum: float, count: int) -> None:
@@ -212,7 +205,7 @@ def _evonorm_batch_reference(
     the specification the lean kernel is tested against, and the path for TorchScript and export."""
     _check_batch_args(x, running_var, v, weight, bias, training, name)
     n, c = x.shape[0], x.shape[1]
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     x3 = x.to(dtype).flatten(2)
     shape = [1, c, 1]
     if x3.numel() == 0:  # no statistics to take; keep the parameters in the graph
@@ -299,7 +292,7 @@ def _evonorm_sample_reference(
     _check_sample_args(x, v, weight, bias, name)
     n, c = x.shape[0], x.shape[1]
     g = resolve_groups(c, groups)
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     x3 = x.to(dtype).flatten(2)
     x4 = x3.view(n, g, c // g, x3.shape[2])
     shape = [1, g, c // g, 1]

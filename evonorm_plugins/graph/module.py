@@ -5,7 +5,8 @@ from typing import Any, List, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..functional import _affine, _check_channels, _check_input, _compute_dtype, update_running_stat
+from ..functional import _affine, _check_channels, _check_input, update_running_stat
+from ..kernels.common import compute_dtype
 from ..layers.base import EvoNormBase, num_groups_for
 from .genome import X, Genome, genome_from_ops
 from .primitives import FIRST_AGGREGATION, PRIMITIVES, elementwise, statistic
@@ -54,6 +55,7 @@ class GraphNormAct(EvoNormBase):
     """
 
     default_genome: Optional[Genome] = None
+    float32_buffers = ("running_stats",)
 
     def __init__(
         self,
@@ -125,12 +127,6 @@ class GraphNormAct(EvoNormBase):
     def reset_running_stats(self) -> None:
         self.running_stats.copy_(torch.tensor(self._running_init).view(-1, 1).expand_as(self.running_stats))
 
-    def _apply(self, fn: Any, recurse: bool = True) -> "GraphNormAct":
-        super()._apply(fn, recurse)
-        if self.running_stats.dtype in (torch.float16, torch.bfloat16):
-            self.running_stats = self.running_stats.float()
-        return self
-
     def _aggregate(self, code: int, t: Tensor, slot: int, n: int, c: int, length: int) -> Tensor:
         stat = (code - self.first_aggregation) // 3
         axes = (code - self.first_aggregation) % 3
@@ -172,7 +168,7 @@ class GraphNormAct(EvoNormBase):
         _check_input(x, self.layer_name)
         n, c = x.shape[0], x.shape[1]
         _check_channels(self.weight, "weight", c, self.layer_name)
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         x3 = x.to(dtype).flatten(2)
         shape = [1, c, 1]
         if self.affine_only or x3.numel() == 0:

@@ -47,8 +47,11 @@ def kernel(fn: F, mode: Optional[str] = None) -> F:
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
-    """float32 for half-precision inputs, the input's own dtype otherwise."""
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    """float32 for half-precision inputs, the input's own dtype otherwise (TorchScript-compatible:
+    the reference path in ``functional`` uses it too)."""
+    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
+        return torch.float32
+    return x.dtype
 
 
 def default_parameters(

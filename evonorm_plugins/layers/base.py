@@ -1,5 +1,5 @@
 """What every EvoNorm module shares: the uniform constructor, per-channel parameters and host keywords."""
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -66,6 +66,9 @@ class EvoNormBase(nn.Module):
     # series it is (copied onto the instance because TorchScript compiles instance attributes only).
     has_v: bool = False
     variant: int = 0
+    # Running statistics that stay float32 (or wider) when the module is cast to half precision:
+    # variances of fp16 activations overflow fp16.
+    float32_buffers: Tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -103,6 +106,14 @@ class EvoNormBase(nn.Module):
         else:
             self.register_parameter("v", None)
         self.drop = drop_layer() if drop_layer is not None else nn.Identity()
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "EvoNormBase":
+        super()._apply(fn, recurse)
+        for name in self.float32_buffers:
+            buffer = getattr(self, name)
+            if buffer is not None and buffer.dtype in (torch.float16, torch.bfloat16):
+                setattr(self, name, buffer.float())
+        return self
 
     def reset_parameters(self) -> None:
         """Back to the initial values v = 1, γ = 1, β = 0."""

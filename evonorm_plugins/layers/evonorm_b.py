@@ -1,5 +1,5 @@
 """EvoNorm B-series: batch-dependent layers that keep a running variance for evaluation."""
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -17,6 +17,8 @@ class EvoNormBatch(EvoNormBase):
     half precision, because variances of fp16 activations overflow fp16.
     """
 
+    float32_buffers = ("running_var",)
+
     def __init__(self, num_features: int, *, momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(num_features, momentum=momentum, **kwargs)
         if not 0.0 <= momentum <= 1.0:
@@ -32,13 +34,6 @@ class EvoNormBatch(EvoNormBase):
         """Set the running variance back to 1."""
         if self.running_var is not None:
             self.running_var.fill_(1.0)
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "EvoNormBatch":
-        super()._apply(fn, recurse)
-        running_var = self.running_var
-        if running_var is not None and running_var.dtype in (torch.float16, torch.bfloat16):
-            self.running_var = running_var.float()
-        return self
 
     def forward(self, x: Tensor) -> Tensor:
         if self.affine_only:
