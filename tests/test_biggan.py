@@ -58,8 +58,17 @@ def _write_cifar(folder: Path, n=16):
 
 def test_biggan_deep_128_parameter_counts():
     # BigGAN-deep 128 in Brock et al. 2019: G 50.4M, D 34.6M (counted without a forward: CPU time).
-    assert count_parameters(Generator(128)) == 50_244_484
+    assert count_parameters(Generator(128)) == 50_388_609
     assert count_parameters(Discriminator(128)) == 34_590_210
+
+
+@pytest.mark.parametrize("resolution, final", [(128, 4), (64, 4), (32, 8)])
+def test_discriminator_pools_the_reference_feature_size(resolution, final):
+    # BigGAN-PyTorch's D_arch: every stage downsamples at 64 and 128; at 32 the last stage does not
+    D = Discriminator(resolution, n_classes=10, ch=4, attention=None)
+    with torch.no_grad():
+        features = D.blocks(D.input_conv(torch.randn(1, 3, resolution, resolution)))
+    assert features.shape[-2:] == (final, final)
 
 
 def test_128_architecture_shapes_at_narrow_width():

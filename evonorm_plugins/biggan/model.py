@@ -30,11 +30,12 @@ G_ARCH: Dict[int, Dict[str, List[int]]] = {
     128: {"in": [16, 16, 8, 4, 2], "out": [16, 8, 4, 2, 1], "resolution": [8, 16, 32, 64, 128]},
 }
 D_ARCH: Dict[int, Dict[str, List[int]]] = {
-    32: {"in": [4, 4, 4], "out": [4, 4, 4], "downsample": [1, 1, 0], "resolution": [16, 8, 4]},
+    32: {"in": [4, 4, 4], "out": [4, 4, 4], "downsample": [1, 1, 0], "resolution": [16, 8, 8]},
     64: {"in": [1, 2, 4, 8], "out": [2, 4, 8, 16], "downsample": [1, 1, 1, 1], "resolution": [32, 16, 8, 4]},
-    128: {"in": [1, 2, 4, 8, 16], "out": [2, 4, 8, 16, 16], "downsample": [1, 1, 1, 1, 0], "resolution": [64, 32, 16, 8, 4]},
+    128: {"in": [1, 2, 4, 8, 16], "out": [2, 4, 8, 16, 16], "downsample": [1, 1, 1, 1, 1], "resolution": [64, 32, 16, 8, 4]},
 }
 BOTTOM_WIDTH = 4
+OUTPUT_CONV_CHANNELS = 128
 
 
 def _check_resolution(resolution: int, attention: Optional[int], stages: List[int], who: str) -> None:
@@ -191,14 +192,16 @@ class Generator(nn.Module):
                 blocks.append(SelfAttention(cout * ch))
         self.blocks = nn.ModuleList(blocks)
         self.out_norm = get_layer(layer, arch["out"][-1] * ch, **layer_kwargs)
-        self.out_conv = sn_conv(arch["out"][-1] * ch, 3)
+        # BigGAN-deep's output conv has 128 channels of which the first 3 are the image (kept for the
+        # published parameter count and for loading converted weights)
+        self.out_conv = sn_conv(arch["out"][-1] * ch, OUTPUT_CONV_CHANNELS)
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         cond = torch.cat([z, self.shared(y)], dim=1)
         h = self.linear(cond).view(z.shape[0], self.first_ch, BOTTOM_WIDTH, BOTTOM_WIDTH)
         for block in self.blocks:
             h = block(h, cond) if isinstance(block, GBlock) else block(h)
-        return torch.tanh(self.out_conv(self.out_norm(h)))
+        return torch.tanh(self.out_conv(self.out_norm(h))[:, :3])
 
 
 class Discriminator(nn.Module):
