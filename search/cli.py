@@ -4,30 +4,68 @@
     evonorm-search resume --store runs/smoke.sqlite         # after a crash or Ctrl-C
     evonorm-search top --store runs/smoke.sqlite -k 10      # best layers, per-architecture scores
     evonorm-search export --store runs/smoke.sqlite -k 3 --out evolved/   # genome JSON the registry loads
+    evonorm-search plot --store runs/smoke.sqlite --out plots/             # progress.png, pareto.png
+    evonorm-search rerank --store runs/smoke.sqlite -k 10 --seeds 3 --out rerank/  # longer training, table
+
+``run``, ``resume`` and ``rerank`` take ``--backend local|ray`` (``--address auto|HOST:PORT`` for a Ray cluster),
+``--workers``, ``--in-flight`` and ``--time-limit``, over the config file's ``execution`` section.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import yaml
 
-from .controller import Controller, SearchConfig
+from evonorm_plugins.graph import Genome
+
+from .controller import Controller, SearchConfig, execution_config
+from .executor import ExecutorConfig, create_executor
 from .store import SearchStore
 
 
-def load_config(path: Path) -> SearchConfig:
+def _read_config_file(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"search config {str(path)!r} does not exist; see configs/search/ for examples")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"search config {str(path)!r} must be a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: Path) -> SearchConfig:
     try:
-        return SearchConfig.from_dict(data)
+        return SearchConfig.from_dict(_read_config_file(path))
     except TypeError as error:  # an unknown or misspelled key
         raise ValueError(f"search config {str(path)!r}: {error}") from None
+
+
+def _execution(args: argparse.Namespace) -> ExecutorConfig:
+    """The config file's ``execution`` section (if any), overridden by the command line's flags."""
+    try:
+        config = execution_config(_read_config_file(args.config)) if getattr(args, "config", None) else ExecutorConfig()
+    except TypeError as error:
+        raise ValueError(f"search config {str(args.config)!r}, execution: {error}") from None
+    flags = {"backend": args.backend, "address": args.address, "workers": args.workers,
+             "in_flight": args.in_flight, "time_limit": args.time_limit}
+    config = replace(config, **{k: v for k, v in flags.items() if v is not None})
+    if config.address is not None and config.backend != "ray":
+        config = replace(config, backend="ray")
+    return config
+
+
+@contextlib.contextmanager
+def _controller(args: argparse.Namespace, config: Optional[SearchConfig]) -> Iterator[Controller]:
+    execution = _execution(args)
+    executor = create_executor(execution)
+    try:
+        yield Controller(args.store, config, progress=_print_progress, executor=executor, in_flight=execution.in_flight)
+    finally:
+        executor.shutdown()
 
 
 def _existing_store(path: Path) -> SearchStore:
@@ -42,17 +80,18 @@ def _print_progress(line: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    controller = Controller(args.store, config, progress=_print_progress)
-    if args.baselines:
-        controller.evaluate_baselines()
-    controller.run()
+    with _controller(args, config) as controller:
+        if args.baselines:
+            controller.evaluate_baselines()
+        controller.run()
     print()
     return _top(args)
 
 
 def _resume(args: argparse.Namespace) -> int:
     _existing_store(args.store).close()
-    Controller(args.store, None, progress=_print_progress).run()
+    with _controller(args, None) as controller:
+        controller.run()
     print()
     return _top(args)
 
@@ -71,16 +110,62 @@ def _top(args: argparse.Namespace) -> int:
     return 0
 
 
+def _save_named(genome: Genome, name: str, description: str, out: Path) -> None:
+    """Write ``genome`` under a registry name (the file the registry loads by that name)."""
+    named = replace(genome, name=name, description=description)
+    named.save(out / f"{name}.json")
+    print(f"{out / (name + '.json')}: {named.formula()}")
+
+
 def _export(args: argparse.Namespace) -> int:
     store = _existing_store(args.store)
     args.out.mkdir(parents=True, exist_ok=True)
     for rank, candidate in enumerate(store.top(args.k), start=1):
-        name = f"{args.prefix}{rank:02d}_{candidate.hash[:8]}"
-        genome = type(candidate.genome)(candidate.genome.nodes, candidate.genome.output, name=name,
-                                        description=f"evonorm-search candidate {candidate.id}, scores {candidate.scores}")
-        genome.save(args.out / f"{name}.json")
-        print(f"{args.out / (name + '.json')}: {genome.formula()}")
+        _save_named(candidate.genome, f"{args.prefix}{rank:02d}_{candidate.hash[:8]}",
+                    f"evonorm-search candidate {candidate.id}, scores {candidate.scores}", args.out)
     return 0
+
+
+def _rerank(args: argparse.Namespace) -> int:
+    from .rerank import RerankSettings, format_table, rerank
+
+    store = _existing_store(args.store)
+    settings = RerankSettings(args.k, args.seeds, args.steps_scale, tuple(args.baselines))
+    execution = _execution(args)
+    executor = create_executor(execution)
+    try:
+        rows = rerank(store, settings, executor, execution.in_flight, _print_progress)
+    finally:
+        executor.shutdown()
+    print()
+    architectures = [a["name"] for a in store.get_meta("config")["evaluation"]["architectures"]]
+    table = format_table(rows, architectures)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rerank.md").write_text(
+        f"Re-ranking of {store.path}: top {settings.k}, {settings.seeds} seeds, steps × {settings.steps_scale:g}\n\n{table}\n")
+    print(f"{args.out / 'rerank.md'}")
+    candidates = [row for row in rows if row.genome is not None and row.runs][: args.export]
+    for rank, row in enumerate(candidates, start=1):
+        _save_named(row.genome, f"{args.prefix}{rank:02d}_{row.genome.hash()[:8]}",
+                    f"evonorm-search {row.name}, re-ranked {rank}: mean accuracy {row.mean:.4f} over {len(row.runs)} seeds", args.out)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plot import plot_search
+
+    for path in plot_search(_existing_store(args.store), args.out):
+        print(path)
+    return 0
+
+
+def _add_execution_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--backend", choices=("local", "ray"), help="local worker processes (default) or Ray")
+    command.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start a local Ray)")
+    command.add_argument("--workers", type=int, help="local worker processes (0: in this process); Ray: CPUs of a local instance")
+    command.add_argument("--in-flight", type=int, dest="in_flight", help="evaluations at once (default: one per worker)")
+    command.add_argument("--time-limit", type=float, dest="time_limit", help="seconds per evaluation before it is stopped")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -100,7 +185,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--prefix", default="evolved_")
     export.set_defaults(handler=_export)
-    for command in (run, resume, top, export):
+    plot = commands.add_parser("plot", help="draw the search's progress and Pareto front as PNGs")
+    plot.add_argument("--out", type=Path, required=True, help="folder for progress.png and pareto.png")
+    plot.set_defaults(handler=_plot)
+    rerank = commands.add_parser("rerank", help="retrain the top-k and the baselines longer, with several seeds, and rank them")
+    rerank.add_argument("-k", type=int, default=10, help="candidates to re-rank (default 10, as the paper)")
+    rerank.add_argument("--seeds", type=int, default=3)
+    rerank.add_argument("--steps-scale", type=float, default=3.0, dest="steps_scale", help="training steps × this (default 3)")
+    rerank.add_argument("--baselines", nargs="*", default=["BatchNormReLU", "GroupNormReLU"], help="registry layers to rank alongside")
+    rerank.add_argument("--out", type=Path, required=True, help="folder for rerank.md and the best layers' genome JSON")
+    rerank.add_argument("--export", type=int, default=3, help="best candidates to write as genome JSON (default 3)")
+    rerank.add_argument("--prefix", default="evolved_")
+    rerank.set_defaults(handler=_rerank, config=None)
+    for command in (run, resume, rerank):
+        _add_execution_flags(command)
+    for command in (run, resume, top, export, plot, rerank):
         command.add_argument("--store", type=Path, required=True, help="the search's SQLite file")
     args = parser.parse_args(argv)
     try:

@@ -1,32 +1,37 @@
-"""The local controller: propose, dedupe, evaluate, record, report — resumable from its store.
+"""The controller: propose, dedupe, dispatch, record, report — asynchronous and resumable from its store.
 
 The controller owns the strategy (population) and the store; evaluation is a function of (genome,
-config), so distributing it (Ray, a process pool) changes only who calls it. Order of work for each
-candidate: canonical and functional hash → duplicate check against every finished candidate (a
-duplicate of a done one reuses its scores; of a rejected one is rejected) → the store records it as
-pending → evaluation → the store records the outcome → the strategy hears it.
+config) run by an executor (in-process, local worker processes or Ray), so distributing it changes
+only who calls it. Order of work for each candidate: canonical and functional hash → the store records
+it as pending → duplicate check against every finished candidate (a duplicate of a done one reuses its
+scores; of a rejected one is rejected) and against those in flight (it waits for its twin instead of
+being evaluated twice) → dispatch → the store records the outcome → the strategy hears it. Up to
+``in_flight`` evaluations run at once; each one that finishes frees its slot for a new child at once.
 
 Resume: the finished candidates are replayed into a fresh strategy in the order they finished (that
-rebuilds the population), and candidates left pending by a crash are evaluated first.
+rebuilds the population), and candidates left pending by a crash are dispatched first.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import get_layer_class, paper_genome
 
 from .evaluator import EvaluationConfig, Outcome, evaluate, evaluate_layer, prepare
 from .evolution import RandomSearch, RegularizedEvolution
+from .executor import Executor, ExecutorConfig, InlineExecutor
 from .proxy import ArchitectureConfig
 from .rejection import functional_hash
 from .space import SearchSpace
-from .store import SearchStore
+from .store import Candidate, SearchStore
 
 Evaluate = Callable[[Genome, EvaluationConfig], Outcome]
 SYSTEMATIC_ERRORS = 5
+PROGRESS_INTERVAL = 0.5  # seconds between progress lines
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class SearchConfig:
     tournament_size: int = 25
     budget: int = 1000  # finished candidates, duplicates and rejections included
     seed_with_paper_layers: bool = False
+    random_while_filling: float = 1.0  # see RegularizedEvolution
     dedupe: bool = True
     seed: int = 0
 
@@ -50,13 +56,19 @@ class SearchConfig:
         YAML reads ``1.0e8`` as a string."""
         evaluation = _coerced(EvaluationConfig, dict(data.get("evaluation", {})))
         evaluation["architectures"] = tuple(
-            ArchitectureConfig(a["name"], a.get("width", 0.25), tuple(a.get("depth", ()))) for a in evaluation.get("architectures", ())
+            ArchitectureConfig.from_dict(a) for a in evaluation.get("architectures", ())
         ) or EvaluationConfig().architectures
         space = _coerced(SearchSpace, dict(data.get("space", {})))
         if space.get("ops") is not None:
             space["ops"] = tuple(space["ops"])
-        rest = _coerced(cls, {k: v for k, v in data.items() if k not in ("space", "evaluation")})
+        rest = _coerced(cls, {k: v for k, v in data.items() if k not in ("space", "evaluation", "execution")})
         return cls(space=SearchSpace(**space), evaluation=EvaluationConfig(**evaluation), **rest)
+
+
+def execution_config(data: dict) -> ExecutorConfig:
+    """The ``execution`` section of a search config file: how to run, not what to search, so it is not
+    part of the stored config and a search may resume on another backend."""
+    return ExecutorConfig(**_coerced(ExecutorConfig, dict(data.get("execution") or {})))
 
 
 def _coerced(config_class: type, values: dict) -> dict:
@@ -81,12 +93,16 @@ def _strategy(config: SearchConfig):
     names = ("B0", "B1", "B2", "S0", "S1", "S2") if config.space.batch_dependent else ("S0", "S1", "S2")
     seeds = [paper_genome(f"EvoNorm{n}") for n in names] if config.seed_with_paper_layers else []
     return RegularizedEvolution(config.space, config.population_size, config.tournament_size, config.seed,
-                                [g for g in seeds if config.space.contains(g)])
+                                [g for g in seeds if config.space.contains(g)], config.random_while_filling)
 
 
 class Controller:
+    """Runs a search against its store. ``executor`` (default: in the controller's process) runs the
+    evaluations; ``in_flight`` (default: the executor's capacity) bounds how many run at once."""
+
     def __init__(self, store_path: Union[str, Path], config: Optional[SearchConfig] = None,
-                 evaluate_fn: Evaluate = evaluate, progress: Callable[[str], None] = lambda line: None) -> None:
+                 evaluate_fn: Evaluate = evaluate, progress: Callable[[str], None] = lambda line: None,
+                 executor: Optional[Executor] = None, in_flight: Optional[int] = None) -> None:
         self.store = SearchStore(store_path)
         stored = self.store.get_meta("config")
         if config is None and stored is None:
@@ -97,17 +113,66 @@ class Controller:
         if stored is None:
             self.store.set_meta("config", self.config.to_dict())
         self.evaluate_fn, self.progress = evaluate_fn, progress
+        self.executor = executor or InlineExecutor()
+        self.in_flight = in_flight or self.executor.capacity
         self.strategy = _strategy(self.config)
         for candidate in self.store.finished():  # replay: rebuilds the population
-            self.strategy.report(candidate.genome, candidate.scores if candidate.status == "done" else None)
+            self.strategy.report(candidate.genome, candidate.scores if candidate.status == "done" else None, candidate.id)
+        self._finished = self.store.finished_count()
+        self._running: Dict[int, Tuple[Genome, Optional[str]]] = {}  # candidate id -> (genome, functional hash)
+        self._running_hashes: Dict[str, int] = {}  # canonical and functional hashes in flight -> candidate id
+        self._waiting: Dict[int, List[Tuple[int, Genome]]] = {}  # in-flight id -> its duplicates, resolved with it
+        self._error_streak: Tuple[Optional[str], int] = (None, 0)
+        self._started, self._finished_at_start, self._last_progress = time.perf_counter(), self._finished, 0.0
 
-    def _finish(self, candidate_id: int, genome: Genome) -> None:
-        outcome = self.evaluate_fn(genome, self.config.evaluation)
+    # ------------------------------------------------------------------------------------ dispatch
+    def step(self) -> None:
+        """Propose one candidate, record it and dispatch it (or settle it as a duplicate)."""
+        genome = self.strategy.propose()
+        fhash = functional_hash(genome) if self.config.dedupe else None
+        candidate_id = self.store.add(genome, parent=self.strategy.last_parent, functional_hash=fhash)
+        self._dispatch(candidate_id, genome, fhash)
+
+    def _dispatch(self, candidate_id: int, genome: Genome, fhash: Optional[str]) -> None:
+        if self.config.dedupe:
+            original = self.store.seen(genome.hash(), fhash)
+            if original is not None:
+                self._settle_duplicate(candidate_id, genome, original)
+                return
+            twin = self._running_hashes.get(genome.hash()) or (self._running_hashes.get(fhash) if fhash else None)
+            if twin is not None:
+                self._waiting.setdefault(twin, []).append((candidate_id, genome))
+                return
+            self._running_hashes.update({h: candidate_id for h in (genome.hash(), fhash) if h})
+        self._running[candidate_id] = (genome, fhash)
+        self.executor.submit(candidate_id, self.evaluate_fn, genome, self.config.evaluation)
+
+    def _settle_duplicate(self, candidate_id: int, genome: Genome, original: Candidate) -> None:
+        if original.status == "done":
+            self.store.complete_as_duplicate(candidate_id, original)
+            self.strategy.report(genome, original.scores, candidate_id)
+        else:
+            self.store.reject(candidate_id, "duplicate", f"same function as rejected candidate {original.id}", 0.0)
+            self.strategy.report(genome, None, candidate_id)
+        self._finished += 1
+
+    # -------------------------------------------------------------------------------------- record
+    def _record(self, candidate_id: int, outcome: Outcome) -> None:
+        genome, fhash = self._running.pop(candidate_id)
+        for key in (genome.hash(), fhash):
+            if key and self._running_hashes.get(key) == candidate_id:
+                del self._running_hashes[key]
         if outcome.scores is None:
             self.store.reject(candidate_id, outcome.protocol or "error", outcome.reason, outcome.wall_time)
         else:
             self.store.complete(candidate_id, outcome.scores, outcome.wall_time)
-        self.strategy.report(genome, outcome.scores)
+        self.strategy.report(genome, outcome.scores, candidate_id)
+        self._finished += 1
+        waiting = self._waiting.pop(candidate_id, [])
+        if waiting:
+            original = self.store.get(candidate_id)
+            for twin_id, twin in waiting:
+                self._settle_duplicate(twin_id, twin, original)
         self._check_systematic_errors(outcome)
 
     def _check_systematic_errors(self, outcome: Outcome) -> None:
@@ -116,7 +181,7 @@ class Controller:
         if outcome.protocol != "error":
             self._error_streak = (None, 0)
             return
-        reason, count = getattr(self, "_error_streak", (None, 0))
+        reason, count = self._error_streak
         count = count + 1 if reason == outcome.reason else 1
         self._error_streak = (outcome.reason, count)
         if count >= SYSTEMATIC_ERRORS:
@@ -125,20 +190,7 @@ class Controller:
                 f"{outcome.reason}. Fix it (the config, the data, the environment), then `evonorm-search resume`"
             )
 
-    def step(self) -> None:
-        genome = self.strategy.propose()
-        fhash = functional_hash(genome) if self.config.dedupe else None
-        original = self.store.seen(genome.hash(), fhash) if self.config.dedupe else None
-        candidate_id = self.store.add(genome, functional_hash=fhash)
-        if original is None:
-            self._finish(candidate_id, genome)
-        elif original.status == "done":
-            self.store.complete_as_duplicate(candidate_id, original)
-            self.strategy.report(genome, original.scores)
-        else:
-            self.store.reject(candidate_id, "duplicate", f"same function as rejected candidate {original.id}", 0.0)
-            self.strategy.report(genome, None)
-
+    # ----------------------------------------------------------------------------------------- run
     def evaluate_baselines(self, names=("BatchNormReLU", "GroupNormReLU")) -> dict:
         """Train the baselines exactly as the candidates (stored once, as ``baselines`` in the store)."""
         results = self.store.get_meta("baselines") or {}
@@ -151,19 +203,43 @@ class Controller:
         return results
 
     def run(self) -> SearchStore:
+        """Run until ``budget`` candidates have finished. Stopped early (an error, Ctrl-C), the finished
+        evaluations are in the store and those in flight stay pending: resume re-runs them. The
+        executor belongs to the caller, who shuts it down."""
         if self.evaluate_fn is evaluate:
             prepare(self.config.evaluation)
-        for candidate in self.store.pending():  # left by a crash: evaluate them first
-            self._finish(candidate.id, candidate.genome)
-        while self.store.finished_count() < self.config.budget:
-            self.step()
-            self.progress(self.status_line())
+        for candidate in self.store.pending():  # left by a crash: dispatched first
+            self._dispatch(candidate.id, candidate.genome, candidate.functional_hash)
+        while True:
+            while len(self._running) < self.in_flight and self._finished + self._unsettled() < self.config.budget:
+                self.step()
+            if not self._running:
+                break
+            for candidate_id, outcome in self.executor.wait(timeout=PROGRESS_INTERVAL):
+                self._record(candidate_id, outcome)
+            self._report_progress()
+        self._report_progress(force=True)
         return self.store
+
+    def _unsettled(self) -> int:
+        return len(self._running) + sum(len(waiting) for waiting in self._waiting.values())
+
+    def _report_progress(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if force or now - self._last_progress >= PROGRESS_INTERVAL:
+            self._last_progress = now
+            self.progress(self.status_line())
 
     def status_line(self) -> str:
         counts = self.store.counts()
         best = self.store.top(1)
         rejected = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(counts.items()) if k.startswith("rejected:"))
-        best_text = f"best {best[0].scores} {best[0].genome.formula()}" if best else "best -"
-        return (f"{self.store.finished_count()}/{self.config.budget} finished, done {counts.get('done', 0)}, "
-                f"rejected {counts.get('rejected', 0)} ({rejected or 'none'}), {best_text}")
+        best_text = f"best {_scores_text(best[0].scores)} {best[0].genome.formula()}" if best else "best -"
+        minutes = (time.perf_counter() - self._started) / 60
+        rate = (self._finished - self._finished_at_start) / minutes if minutes > 0 else 0.0
+        return (f"{self._finished}/{self.config.budget} finished ({rate:.1f}/min, {len(self._running)} running), "
+                f"done {counts.get('done', 0)}, rejected {counts.get('rejected', 0)} ({rejected or 'none'}), {best_text}")
+
+
+def _scores_text(scores) -> str:
+    return "(" + ", ".join(f"{s:.3f}" for s in scores or ()) + ")"

@@ -89,9 +89,12 @@ def evaluate_layer(layer: Type[nn.Module], config: EvaluationConfig) -> Outcome:
     try:
         data = _data(config)
         known = {}  # architecture index -> accuracy already measured with train_steps
+        def steps_and_lr(architecture: ArchitectureConfig) -> Tuple[int, float]:
+            return architecture.steps or config.train_steps, architecture.lr or config.lr
+
         if config.quality:
             first = config.architectures[0]
-            accuracy, nonfinite = train_and_validate(first.build(layer), data, config.quality_steps, config.lr, config.seed)
+            accuracy, nonfinite = train_and_validate(first.build(layer), data, config.quality_steps, steps_and_lr(first)[1], config.seed)
             if nonfinite:
                 return rejected("nonfinite", f"non-finite loss within {config.quality_steps} steps on {first.name}")
             if accuracy < config.quality_threshold:
@@ -99,14 +102,14 @@ def evaluate_layer(layer: Type[nn.Module], config: EvaluationConfig) -> Outcome:
                     "quality", f"quality: {accuracy:.3f} validation accuracy on {first.name} after "
                     f"{config.quality_steps} steps < {config.quality_threshold}"
                 )
-            if config.quality_steps == config.train_steps:  # the gate's training is the full one
+            if config.quality_steps == steps_and_lr(first)[0]:  # the gate's training is the full one
                 known[0] = accuracy
         scores = []
         for index, architecture in enumerate(config.architectures):
             if index in known:
                 scores.append(known[index])
                 continue
-            accuracy, nonfinite = train_and_validate(architecture.build(layer), data, config.train_steps, config.lr, config.seed)
+            accuracy, nonfinite = train_and_validate(architecture.build(layer), data, *steps_and_lr(architecture), config.seed)
             if nonfinite:
                 return rejected("nonfinite", f"non-finite loss while training {architecture.name}")
             scores.append(accuracy)

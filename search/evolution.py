@@ -29,20 +29,26 @@ class Member:
 
     genome: Genome
     scores: Tuple[float, ...]
+    candidate_id: Optional[int] = None
 
 
 class RandomSearch:
-    """Every proposal is a fresh random genome of the space; reports are only counted."""
+    """Every proposal is a fresh random genome of the space; reports are only counted.
+
+    ``last_parent`` is the candidate id (as given to :meth:`report`) of the member the last proposal
+    was mutated from, None for a fresh genome: the store records lineage with it.
+    """
 
     def __init__(self, space: SearchSpace, seed: int = 0) -> None:
         self.space = space
         self.rng = random.Random(seed)
         self.reported = 0
+        self.last_parent: Optional[int] = None
 
     def propose(self) -> Genome:
         return random_genome(self.space, self.rng)
 
-    def report(self, genome: Genome, scores: Optional[Sequence[float]]) -> None:
+    def report(self, genome: Genome, scores: Optional[Sequence[float]], candidate_id: Optional[int] = None) -> None:
         self.reported += 1
 
 
@@ -50,10 +56,15 @@ class RegularizedEvolution(RandomSearch):
     """Aging evolution (Real et al. 2019) with the paper's multi-objective tournament.
 
     Until the population holds ``population_size`` evaluated members, proposals are the ``initial``
-    genomes (e.g. the paper layers as seeds), then random genomes. After that, each proposal draws
-    ``tournament_size`` members at random, takes the Pareto front of their score vectors, and mutates
-    a random member of the front. A reported evaluation joins the population and the oldest member
-    leaves; a rejected one (``scores=None``) is discarded.
+    genomes (e.g. the paper layers as seeds), then random genomes, or, with probability
+    ``1 - random_while_filling`` once there is a member, children of the members so far. After that,
+    each proposal draws ``tournament_size`` members at random, takes the Pareto front of their score
+    vectors, and mutates a random member of the front. A reported evaluation joins the population and
+    the oldest member leaves; a rejected one (``scores=None``) is discarded.
+
+    ``random_while_filling`` below 1 is for small searches: few random layers of the paper's space train
+    at all (3 in the first 150 candidates of a CPU run), so a population filled only by random draws would take
+    most of a small budget to fill.
     """
 
     def __init__(
@@ -63,6 +74,7 @@ class RegularizedEvolution(RandomSearch):
         tournament_size: int,
         seed: int = 0,
         initial: Sequence[Genome] = (),
+        random_while_filling: float = 1.0,
     ) -> None:
         super().__init__(space, seed)
         if population_size < 2 or not 1 <= tournament_size <= population_size:
@@ -73,21 +85,28 @@ class RegularizedEvolution(RandomSearch):
         outside = [g.formula() for g in initial if not space.contains(g)]
         if outside:
             raise ValueError(f"initial genomes outside the search space {space}: {outside}")
+        if not 0 <= random_while_filling <= 1:
+            raise ValueError(f"random_while_filling is a probability, got {random_while_filling}")
+        self.random_while_filling = random_while_filling
         self.population_size = population_size
         self.tournament_size = tournament_size
         self.population: Deque[Member] = deque()
         self._seeds = list(initial)
 
     def propose(self) -> Genome:
-        if len(self.population) < self.population_size:
+        self.last_parent = None
+        if len(self.population) < self.population_size and (
+            self._seeds or not self.population or self.random_while_filling >= 1 or self.rng.random() < self.random_while_filling
+        ):
             return self._seeds.pop(0) if self._seeds else random_genome(self.space, self.rng)
-        tournament = self.rng.sample(list(self.population), self.tournament_size)
+        tournament = self.rng.sample(list(self.population), min(self.tournament_size, len(self.population)))
         front = pareto_front([member.scores for member in tournament])
         parent = tournament[self.rng.choice(front)]
+        self.last_parent = parent.candidate_id
         return mutate(parent.genome, self.space, self.rng)
 
-    def report(self, genome: Genome, scores: Optional[Sequence[float]]) -> None:
-        super().report(genome, scores)
+    def report(self, genome: Genome, scores: Optional[Sequence[float]], candidate_id: Optional[int] = None) -> None:
+        super().report(genome, scores, candidate_id)
         if scores is None:
             return
         scores = tuple(float(s) for s in scores)
@@ -96,6 +115,6 @@ class RegularizedEvolution(RandomSearch):
                 f"reported {len(scores)} scores but the population has {len(self.population[0].scores)} per "
                 f"member: report one score per proxy architecture, always the same ones"
             )
-        self.population.append(Member(genome, scores))
+        self.population.append(Member(genome, scores, candidate_id))
         if len(self.population) > self.population_size:
             self.population.popleft()

@@ -75,11 +75,25 @@ ARCHITECTURES: Dict[str, Callable[..., nn.Module]] = {
 @dataclass(frozen=True)
 class ArchitectureConfig:
     """One proxy architecture: ``name`` from :data:`ARCHITECTURES`, a width multiplier, and depths
-    (resnet50v2: blocks per stage; efficientnet_b0: ``[depth_multiplier]``; mobilenetv2: unused)."""
+    (resnet50v2: blocks per stage; efficientnet_b0: ``[depth_multiplier]``; mobilenetv2: unused).
+    ``steps`` and ``lr`` override the evaluation's ``train_steps`` and ``lr`` for this architecture
+    (depthwise networks want a lower rate than ResNets)."""
 
     name: str
     width: float = 0.25
     depth: Tuple[float, ...] = ()
+    steps: Optional[int] = None
+    lr: Optional[float] = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ArchitectureConfig":
+        unknown = set(data) - {"name", "width", "depth", "steps", "lr"}
+        if unknown or "name" not in data:
+            raise ValueError(f"an architecture takes name, width, depth, steps and lr; got {sorted(data)}")
+        return cls(
+            str(data["name"]), float(data.get("width", 0.25)), tuple(float(d) for d in data.get("depth", ())),
+            None if data.get("steps") is None else int(data["steps"]), None if data.get("lr") is None else float(data["lr"]),
+        )
 
     def build(self, layer: Type[nn.Module], num_classes: int = 10) -> nn.Module:
         if self.name not in ARCHITECTURES:

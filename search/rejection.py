@@ -54,10 +54,14 @@ def functional_hash(genome: Genome, seed: int = 0, channels: int = 8, groups: in
             if vector is not None:
                 vector.copy_(torch.rand(channels, generator=generator, dtype=torch.float64) * 2 - 0.5)
         out = layer(_probe_inputs(seed, channels))
-    finite = torch.nan_to_num(out, nan=0.0, posinf=1e300, neginf=-1e300)
-    rounded = [float(f"{v:.{digits - 1}e}") for v in finite.flatten().tolist()]
-    flags = torch.isfinite(out).flatten().tolist()
-    return hashlib.sha256(repr((rounded, flags)).encode()).hexdigest()[:16]
+    finite = torch.isfinite(out)
+    values = torch.where(finite, out, torch.zeros_like(out)).flatten()
+    # ``digits`` significant digits, vectorized: an integer mantissa and a decimal exponent per value
+    exponent = torch.floor(torch.log10(values.abs().clamp_min(1e-300))) - (digits - 1)
+    mantissa = torch.round(values / torch.pow(10.0, exponent))
+    exponent = torch.where(mantissa == 0, torch.zeros_like(exponent), exponent)
+    record = torch.stack([mantissa, exponent, finite.flatten().double(), torch.sign(out.flatten()).nan_to_num()])
+    return hashlib.sha256(record.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
 
 
 class _ProbeNet(nn.Module):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
+import numpy as np
+
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     """``a`` is at least as good as ``b`` on every score and better on one."""
@@ -20,5 +22,15 @@ def pareto_front(scores: Sequence[Sequence[float]]) -> List[int]:
     """Indices of the score vectors no other one dominates, in their original order.
 
     Equal vectors do not dominate each other, so duplicates of a front member are all on the front.
+    (All pairs at once with NumPy: the controller runs one tournament per proposal.)
     """
-    return [i for i, s in enumerate(scores) if not any(dominates(t, s) for j, t in enumerate(scores) if j != i)]
+    if not scores:
+        return []
+    lengths = {len(s) for s in scores}
+    if len(lengths) > 1:
+        raise ValueError(f"score vectors differ in length ({sorted(lengths)}): one score per architecture")
+    table = np.asarray(scores, dtype=float)
+    at_least = (table[:, None, :] >= table[None, :, :]).all(axis=2)
+    better = (table[:, None, :] > table[None, :, :]).any(axis=2)
+    dominated = (at_least & better).any(axis=0)  # [i, j]: i dominates j
+    return [int(i) for i in np.flatnonzero(~dominated)]

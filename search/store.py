@@ -1,9 +1,14 @@
 """The persistent record of a search: every candidate, its hashes, scores or rejection, in SQLite.
 
-Each state change is its own committed transaction (SQLite's journal makes it atomic), so a controller
+Each state change is its own committed transaction in SQLite's write-ahead log, so a controller
 killed at any moment, ``kill -9`` included, leaves every finished evaluation on disk and at most some
 candidates ``pending``; a resumed run evaluates those again and replays the finished ones, in the order
-they finished, to rebuild the population.
+they finished, to rebuild the population. (``synchronous=NORMAL``: a process kill loses nothing; a power
+cut may lose the last commits, never the file's consistency. Syncing every commit would cap a search
+at the disk's fsync rate.)
+
+Queries the controller makes per candidate (duplicates, the next finish order, the best so far) are
+indexed, so the store's cost per candidate does not grow with the run.
 """
 from __future__ import annotations
 
@@ -27,15 +32,33 @@ CREATE TABLE IF NOT EXISTS candidates (
     protocol TEXT,
     reason TEXT,
     scores TEXT,
+    mean_score REAL,
     wall_time REAL,
     created REAL NOT NULL,
     finished REAL,
     finish_order INTEGER
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rerank (
+    settings TEXT NOT NULL,
+    layer TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    scores TEXT,
+    reason TEXT,
+    wall_time REAL,
+    PRIMARY KEY (settings, layer, seed)
+);
+"""
+INDEXES = """
 CREATE INDEX IF NOT EXISTS by_hash ON candidates (hash);
 CREATE INDEX IF NOT EXISTS by_functional_hash ON candidates (functional_hash);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS by_finish_order ON candidates (finish_order);
+CREATE INDEX IF NOT EXISTS by_mean_score ON candidates (status, mean_score);
 """
+
+
+def _mean(scores: Sequence[float]) -> float:
+    return sum(float(s) for s in scores) / max(len(scores), 1)
 
 
 @dataclass(frozen=True)
@@ -50,6 +73,7 @@ class Candidate:
     reason: Optional[str]
     scores: Optional[Tuple[float, ...]]
     wall_time: Optional[float]
+    finished: Optional[float] = None  # unix time
 
 
 class SearchStore:
@@ -60,8 +84,20 @@ class SearchStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), isolation_level=None)  # autocommit; explicit transactions
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._add_mean_scores()
+        self._db.executescript(INDEXES)
+
+    def _add_mean_scores(self) -> None:
+        """Stores written before ``mean_score`` existed get the column, filled from ``scores``."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(candidates)")}
+        if "mean_score" in columns:
+            return
+        with self._transaction():
+            self._db.execute("ALTER TABLE candidates ADD COLUMN mean_score REAL")
+            for candidate_id, scores in self._db.execute("SELECT id, scores FROM candidates WHERE scores IS NOT NULL").fetchall():
+                self._db.execute("UPDATE candidates SET mean_score = ? WHERE id = ?", (_mean(json.loads(scores)), candidate_id))
 
     def close(self) -> None:
         self._db.close()
@@ -96,14 +132,15 @@ class SearchStore:
             raise ValueError(f"candidate {candidate_id} is not pending in {self.path}; it was finished already or never added")
 
     def complete(self, candidate_id: int, scores: Sequence[float], wall_time: float) -> None:
-        self._finish(candidate_id, "done", scores=json.dumps([float(s) for s in scores]), wall_time=wall_time)
+        self._finish(candidate_id, "done", scores=json.dumps([float(s) for s in scores]),
+                     mean_score=_mean(scores), wall_time=wall_time)
 
     def complete_as_duplicate(self, candidate_id: int, original: "Candidate") -> None:
         """A candidate that computes the same function as a done one: its scores are reused, not
         re-measured, and it still joins the population (AutoML-Zero's functional equivalence cache)."""
         self._finish(
             candidate_id, "done", protocol="duplicate", reason=f"same function as candidate {original.id}",
-            scores=json.dumps(list(original.scores or ())), wall_time=0.0,
+            scores=json.dumps(list(original.scores or ())), mean_score=_mean(original.scores or ()), wall_time=0.0,
         )
 
     def reject(self, candidate_id: int, protocol: str, reason: str, wall_time: float) -> None:
@@ -121,16 +158,31 @@ class SearchStore:
 
         return _Transaction()
 
+    # -------------------------------------------------------------------------------- re-ranking
+    def record_training(self, settings: str, layer: str, seed: int, scores: Optional[Sequence[float]],
+                        reason: Optional[str], wall_time: float) -> None:
+        """One finished re-ranking training (``settings``: the re-ranking's key; ``scores`` None when
+        it failed, with the ``reason``)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO rerank VALUES (?, ?, ?, ?, ?, ?)",
+            (settings, layer, seed, json.dumps([float(s) for s in scores]) if scores else None, reason, wall_time),
+        )
+
+    def trainings(self, settings: str) -> List[Tuple[str, int, Optional[Tuple[float, ...]], Optional[str]]]:
+        """(layer, seed, scores, reason) of the re-ranking trainings with these settings, by layer and seed."""
+        rows = self._db.execute("SELECT layer, seed, scores, reason FROM rerank WHERE settings = ? ORDER BY layer, seed", (settings,))
+        return [(layer, seed, tuple(json.loads(scores)) if scores else None, reason) for layer, seed, scores, reason in rows]
+
     # ------------------------------------------------------------------------------------ queries
     def _rows(self, where: str, args: tuple = (), order: str = "id") -> Iterator[Candidate]:
         query = (
-            "SELECT id, genome, hash, functional_hash, parent, status, protocol, reason, scores, wall_time "
+            "SELECT id, genome, hash, functional_hash, parent, status, protocol, reason, scores, wall_time, finished "
             f"FROM candidates WHERE {where} ORDER BY {order}"
         )
         for row in self._db.execute(query, args):
             yield Candidate(
                 row[0], Genome.from_json(row[1], source=f"{self.path} candidate {row[0]}"), row[2], row[3], row[4],
-                row[5], row[6], row[7], tuple(json.loads(row[8])) if row[8] else None, row[9],
+                row[5], row[6], row[7], tuple(json.loads(row[8])) if row[8] else None, row[9], row[10],
             )
 
     def pending(self) -> List[Candidate]:
@@ -162,5 +214,11 @@ class SearchStore:
 
     def top(self, k: int) -> List[Candidate]:
         """The k best distinct layers by mean score (duplicates, which copy scores, left out)."""
-        done = list(self._rows("status = 'done' AND (protocol IS NULL OR protocol != 'duplicate')"))
-        return sorted(done, key=lambda c: -sum(c.scores or ()) / max(len(c.scores or ()), 1))[:k]
+        return list(self._rows(
+            "status = 'done' AND protocol IS NULL", order=f"mean_score DESC, id LIMIT {int(k)}"))
+
+    def get(self, candidate_id: int) -> Candidate:
+        found = next(self._rows("id = ?", (candidate_id,)), None)
+        if found is None:
+            raise KeyError(f"no candidate {candidate_id} in {self.path}")
+        return found

@@ -1,4 +1,4 @@
-"""`evonorm-search run | resume | top | export` on the smoke setting (synthetic data, seconds)."""
+"""`evonorm-search run | resume | top | export | plot | rerank` on the smoke setting (synthetic data, seconds)."""
 from pathlib import Path
 
 import pytest
@@ -10,6 +10,7 @@ pytest.importorskip("pytorch_lightning")
 import evonorm_plugins as ep  # noqa: E402
 from evonorm_plugins import registry  # noqa: E402
 from evonorm_search.cli import main  # noqa: E402
+from evonorm_search.rerank import RerankSettings  # noqa: E402
 from evonorm_search.store import SearchStore  # noqa: E402
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "search" / "smoke.yaml"
@@ -58,3 +59,52 @@ def test_errors_name_the_problem(tmp_path, capsys):
     assert "populaton_size" in capsys.readouterr().err
     assert main(["top", "--store", str(tmp_path / "missing.sqlite")]) == 2
     assert "no search store" in capsys.readouterr().err
+
+
+def test_plot_and_rerank_on_a_finished_search(tiny_config, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    store = tmp_path / "run.sqlite"
+    assert main(["run", "--config", str(tiny_config), "--store", str(store)]) == 0
+    assert main(["plot", "--store", str(store), "--out", str(tmp_path / "plots")]) == 0
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["pareto.png", "progress.png"]
+
+    out = tmp_path / "rerank"
+    args = ["rerank", "--store", str(store), "-k", "2", "--seeds", "2", "--steps-scale", "0.5",
+            "--baselines", "BatchNormReLU", "--export", "1", "--out", str(out), "--workers", "0"]
+    capsys.readouterr()
+    assert main(args) == 0
+    table = (out / "rerank.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert len(rows) == 3 and "BatchNormReLU" in table and " ± " in table  # 2 candidates and the baseline
+    assert all(row.rstrip(" |").endswith("2") for row in rows)  # every layer trained on both seeds
+    assert len(SearchStore(store).trainings(RerankSettings(2, 2, 0.5, ("BatchNormReLU",)).key())) == 6
+    exported = sorted(out.glob("*.json"))
+    assert len(exported) == 1
+    before = dict(registry._registry)
+    try:
+        (name,) = ep.load_genomes(exported[0])
+        assert ep.get_layer(name, 8, groups=4)(torch.randn(2, 8, 3, 3)).shape == (2, 8, 3, 3)
+    finally:
+        registry._registry.clear()
+        registry._registry.update(before)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished re-ranking must be read back, not trained again")
+
+    monkeypatch.setattr("evonorm_search.rerank.train_layer", no_training)
+    assert main(args) == 0 and (out / "rerank.md").read_text() == table
+
+
+def test_execution_section_and_flags(tmp_path):
+    from evonorm_search.cli import _execution
+    from types import SimpleNamespace
+
+    config = tmp_path / "c.yaml"
+    config.write_text("budget: 3\nexecution: {workers: 2, time_limit: 300}\n")
+    flags = dict(backend=None, address=None, workers=None, in_flight=None, time_limit=None)
+    assert _execution(SimpleNamespace(config=config, **flags)).workers == 2
+    changed = _execution(SimpleNamespace(config=config, **{**flags, "workers": 0, "address": "auto"}))
+    assert (changed.workers, changed.time_limit, changed.backend, changed.address) == (0, 300.0, "ray", "auto")
+    config.write_text("execution: {wrokers: 2}\n")
+    with pytest.raises(ValueError, match="wrokers"):
+        _execution(SimpleNamespace(config=config, **flags))

@@ -1,0 +1,107 @@
+"""The Ray core backend: each evaluation is a Ray task on any node of a cluster (or a local instance).
+
+Every node needs this package, its dependencies and, for real data, the dataset at the configured
+``data_dir`` (the same environment on every node: the usual Ray cluster set-up). A task whose worker
+process dies (``WorkerCrashedError``: a crash, ``kill -9``, an OOM kill, a pre-empted node) is
+resubmitted up to ``max_retries`` times by this executor, not by Ray, so the attempts are counted the
+same way as with the local backend; a task past ``time_limit`` is force-cancelled, which kills its
+worker, and comes back as a ``timeout`` outcome.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from .evaluator import Outcome
+from .executor import ExecutorConfig, Task, _failed
+
+
+def _run_task(threads: int, fn: Task, args: tuple) -> Outcome:
+    import torch
+
+    torch.set_num_threads(threads)
+    return fn(*args)
+
+
+@dataclass
+class _Submitted:
+    key: int
+    fn: Task
+    args: tuple
+    attempt: int
+    started: float
+
+
+class RayExecutor:
+    """Ray tasks with ``threads_per_worker`` CPUs each. ``capacity`` is the number of such slots the
+    cluster has (the controller keeps that many in flight unless told otherwise)."""
+
+    def __init__(self, config: ExecutorConfig) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ImportError("the ray backend needs Ray: pip install 'evonorm-plugins[search]' (or pip install ray)") from None
+        self.ray, self.config = ray, config
+        if not ray.is_initialized():
+            if config.address is None:
+                ray.init(num_cpus=config.workers or None, include_dashboard=False, logging_level="warning",
+                         runtime_env={"env_vars": {"PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "")}})
+            else:
+                ray.init(address=config.address, logging_level="warning")
+        self._remote = ray.remote(num_cpus=config.threads_per_worker, max_retries=0)(_run_task)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.capacity = max(1, cpus // config.threads_per_worker)
+        self._running: Dict[Any, _Submitted] = {}
+
+    def submit(self, key: int, fn: Task, *args: Any) -> None:
+        self._submit(_Submitted(key, fn, args, 0, 0.0))
+
+    def _submit(self, task: _Submitted) -> None:
+        task.started = time.perf_counter()
+        self._running[self._remote.remote(self.config.threads_per_worker, task.fn, task.args)] = task
+
+    def wait(self, timeout: Optional[float] = None) -> List[Tuple[int, Outcome]]:
+        if not self._running:
+            return []
+        limit = self.config.time_limit
+        if limit:
+            deadline = min(t.started for t in self._running.values()) + limit
+            timeout = max(0.0, min(timeout if timeout is not None else float("inf"), deadline - time.perf_counter()))
+        ready, _ = self.ray.wait(list(self._running), num_returns=len(self._running), timeout=timeout, fetch_local=True) \
+            if timeout == 0 else self._wait_one(timeout)
+        finished: List[Tuple[int, Outcome]] = []
+        for ref in ready:
+            task = self._running.pop(ref)
+            try:
+                finished.append((task.key, self.ray.get(ref)))
+            except self.ray.exceptions.TaskCancelledError:
+                finished.append((task.key, _failed("timeout", f"evaluation exceeded the time limit of {limit:g} s", task.started)))
+            except (self.ray.exceptions.WorkerCrashedError, self.ray.exceptions.NodeDiedError,
+                    self.ray.exceptions.LocalRayletDiedError) as error:
+                if task.attempt < self.config.max_retries:
+                    self._submit(_Submitted(task.key, task.fn, task.args, task.attempt + 1, 0.0))
+                else:
+                    finished.append((task.key, _failed(
+                        "error", f"worker died on each of {task.attempt + 1} attempts: {type(error).__name__}", task.started)))
+            except self.ray.exceptions.RayTaskError as error:
+                finished.append((task.key, _failed("error", f"{type(error.cause).__name__}: {error.cause}", task.started)))
+        if limit:
+            for ref, task in self._running.items():
+                if time.perf_counter() - task.started > limit:
+                    self.ray.cancel(ref, force=True)  # comes back as TaskCancelledError on a later wait
+        return finished
+
+    def _wait_one(self, timeout: Optional[float]):
+        """Block until at least one task is done, then take every task that is done."""
+        ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=timeout)
+        if not ready:
+            return [], None
+        more, _ = self.ray.wait(list(self._running), num_returns=len(self._running), timeout=0)
+        return list({*ready, *more}), None
+
+    def shutdown(self) -> None:
+        for ref in list(self._running):
+            self.ray.cancel(ref, force=True)
+        self._running.clear()

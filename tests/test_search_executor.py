@@ -1,0 +1,158 @@
+"""Executors: the local process pool and Ray run the same search as the in-process executor, and a
+worker that dies, hangs or raises costs only its own task."""
+import functools
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from evonorm_search.controller import Controller, SearchConfig
+from evonorm_search.executor import ExecutorConfig, InlineExecutor, ProcessExecutor, create_executor
+from evonorm_search.space import SearchSpace
+
+import search_tasks
+
+CONFIG = SearchConfig(space=SearchSpace(batch_dependent=False, max_nodes=9), population_size=8, tournament_size=3, budget=40, seed=3)
+
+
+def run_search(path, executor, evaluate=search_tasks.fake_evaluate, in_flight=None, budget=40):
+    config = SearchConfig(**{**CONFIG.__dict__, "budget": budget})
+    store = Controller(path, config, evaluate, executor=executor, in_flight=in_flight).run()
+    return [(c.id, c.hash, c.status, c.protocol, c.scores, c.parent) for c in store.finished()]
+
+
+def collect(executor, count, timeout=240.0):
+    results, deadline = [], time.time() + timeout
+    while len(results) < count and time.time() < deadline:
+        results += executor.wait(timeout=0.5)
+    assert len(results) == count, f"only {len(results)} of {count} tasks came back within {timeout} s"
+    return dict(results)
+
+
+def kill_first_attempt(folder: Path, timeout: float = 240.0) -> None:
+    deadline = time.time() + timeout
+    while not (folder / "attempt-0").exists() or not (folder / "attempt-0").read_text():
+        assert time.time() < deadline, "the task never started"
+        time.sleep(0.1)
+    time.sleep(0.2)
+    os.kill(int((folder / "attempt-0").read_text()), signal.SIGKILL)
+
+
+def test_inline_search_records_lineage(tmp_path):
+    rows = run_search(tmp_path / "s.sqlite", InlineExecutor())
+    assert len(rows) == 40
+    ids = {row[0] for row in rows}
+    parents = [row[5] for row in rows if row[5] is not None]
+    assert parents and all(parent in ids for parent in parents)  # children of evaluated members
+    assert all(row[5] is None for row in rows[:8])  # the initial population is random
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match=r"unknown executor backend 'slurm'; use 'local' or 'ray'"):
+        create_executor(ExecutorConfig(backend="slurm"))
+
+
+# ------------------------------------------------------------------------------- local processes
+@pytest.fixture(scope="module")
+def pool():
+    executor = ProcessExecutor(ExecutorConfig(workers=2, max_retries=1))
+    yield executor
+    executor.shutdown()
+
+
+@pytest.fixture(scope="module")
+def strict_pool():
+    executor = ProcessExecutor(ExecutorConfig(workers=2, max_retries=0, time_limit=5.0))
+    yield executor
+    executor.shutdown()
+
+
+def test_process_pool_runs_the_same_search_as_inline(tmp_path, pool):
+    assert run_search(tmp_path / "pool.sqlite", pool, in_flight=1) == run_search(tmp_path / "inline.sqlite", InlineExecutor())
+
+
+def test_process_pool_keeps_two_in_flight_and_never_evaluates_a_duplicate_twice(tmp_path, pool):
+    log = tmp_path / "evaluated.log"
+    rows = run_search(tmp_path / "s.sqlite", pool, functools.partial(search_tasks.logged_evaluate, str(log)), budget=80)
+    evaluated = log.read_text().split()
+    assert len(rows) == 80 and len(evaluated) == len(set(evaluated))
+    assert len(evaluated) == sum(1 for row in rows if row[3] != "duplicate")
+
+
+def test_a_killed_worker_costs_one_retry(tmp_path, pool):
+    pool.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
+    pool.submit(2, search_tasks.echo, 7.0)
+    kill_first_attempt(tmp_path)
+    results = collect(pool, 2)
+    assert results[1].scores == (1.0,)  # the second attempt's result
+    assert results[2].scores == (7.0,)
+
+
+def test_a_worker_killed_without_retries_is_an_error_and_its_replacement_serves_on(tmp_path, strict_pool):
+    strict_pool.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
+    kill_first_attempt(tmp_path)
+    outcome = collect(strict_pool, 1)[1]
+    assert outcome.scores is None and outcome.protocol == "error"
+    assert "worker died (exit code -9) on each of 1 attempts" in outcome.reason
+    strict_pool.submit(2, search_tasks.echo, 1.0)
+    strict_pool.submit(3, search_tasks.echo, 2.0)
+    assert [o.scores for o in collect(strict_pool, 2).values()] in ([(1.0,), (2.0,)], [(2.0,), (1.0,)])
+
+
+def test_time_limit_and_errors_cost_only_their_task(strict_pool):
+    strict_pool.submit(1, search_tasks.hang, 60.0)
+    strict_pool.submit(2, search_tasks.raise_error, "boom")
+    strict_pool.submit(3, search_tasks.echo, 3.0)
+    started = time.time()
+    results = collect(strict_pool, 3)
+    assert time.time() - started < 120
+    assert results[1].protocol == "timeout" and "time limit of 5 s" in results[1].reason
+    assert results[2].protocol == "error" and results[2].reason == "RuntimeError: boom"
+    assert results[3].scores == (3.0,)
+
+
+# ------------------------------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="the Ray backend needs ray (pip install 'evonorm-plugins[search]')")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="error", configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}})
+    yield ray
+    ray.shutdown()
+
+
+def ray_executor(**settings):
+    return create_executor(ExecutorConfig(backend="ray", **settings))
+
+
+def test_ray_runs_the_same_search_as_local(tmp_path, ray_cluster):
+    local = run_search(tmp_path / "local.sqlite", InlineExecutor())
+    assert run_search(tmp_path / "ray.sqlite", ray_executor(), in_flight=1) == local
+
+
+def test_ray_keeps_its_workers_busy_and_loses_nothing(tmp_path, ray_cluster):
+    executor = ray_executor()
+    assert executor.capacity == 2
+    rows = run_search(tmp_path / "s.sqlite", executor, budget=60)
+    assert len(rows) == 60 and {row[2] for row in rows} <= {"done", "rejected"}
+
+
+def test_a_killed_ray_worker_costs_one_retry(tmp_path, ray_cluster):
+    executor = ray_executor(max_retries=1)
+    executor.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
+    kill_first_attempt(tmp_path)
+    assert collect(executor, 1)[1].scores == (1.0,)
+
+
+def test_a_ray_worker_killed_without_retries_is_an_error_and_a_hung_one_times_out(tmp_path, ray_cluster):
+    executor = ray_executor(max_retries=0, time_limit=3.0)
+    executor.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
+    kill_first_attempt(tmp_path)
+    outcome = collect(executor, 1)[1]
+    assert outcome.protocol == "error" and "worker died on each of 1 attempts" in outcome.reason
+    executor.submit(2, search_tasks.hang, 60.0)
+    executor.submit(3, search_tasks.raise_error, "boom")
+    results = collect(executor, 2)
+    assert results[2].protocol == "timeout" and results[3].reason == "RuntimeError: boom"
