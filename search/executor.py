@@ -151,6 +151,11 @@ class ProcessExecutor:
         self._dispatch()
 
     def _dispatch(self) -> None:
+        starting = [w for w in self._workers if not w.ready]
+        if starting:  # take start-up news without blocking, so work is handed out before the next wait
+            ready = wait([w.connection for w in starting] + [w.process.sentinel for w in starting], 0)
+            for worker in starting:
+                self._start_up(worker, ready)
         for worker in self._workers:
             if worker.ready and worker.running is None and self._queue:
                 task = self._queue.popleft()

@@ -5,11 +5,12 @@ Every node needs this package, its dependencies and, for real data, the dataset 
 process dies (``WorkerCrashedError``: a crash, ``kill -9``, an OOM kill, a pre-empted node) is
 resubmitted up to ``max_retries`` times by this executor, not by Ray, so the attempts are counted the
 same way as with the local backend; a task past ``time_limit`` is force-cancelled, which kills its
-worker, and comes back as a ``timeout`` outcome.
+worker, and comes back as a ``timeout`` outcome. The limit counts from submission, so it includes the
+time a task waits for a worker: keep ``in_flight`` at the cluster's capacity (the default) when
+using one.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -46,8 +47,7 @@ class RayExecutor:
         self.ray, self.config = ray, config
         if not ray.is_initialized():
             if config.address is None:
-                ray.init(num_cpus=config.workers or None, include_dashboard=False, logging_level="warning",
-                         runtime_env={"env_vars": {"PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "")}})
+                ray.init(num_cpus=config.workers or None, include_dashboard=False, logging_level="warning")
             else:
                 ray.init(address=config.address, logging_level="warning")
         self._remote = ray.remote(num_cpus=config.threads_per_worker, max_retries=0)(_run_task)
@@ -69,10 +69,8 @@ class RayExecutor:
         if limit:
             deadline = min(t.started for t in self._running.values()) + limit
             timeout = max(0.0, min(timeout if timeout is not None else float("inf"), deadline - time.perf_counter()))
-        ready, _ = self.ray.wait(list(self._running), num_returns=len(self._running), timeout=timeout, fetch_local=True) \
-            if timeout == 0 else self._wait_one(timeout)
         finished: List[Tuple[int, Outcome]] = []
-        for ref in ready:
+        for ref in self._ready(timeout):
             task = self._running.pop(ref)
             try:
                 finished.append((task.key, self.ray.get(ref)))
@@ -93,13 +91,13 @@ class RayExecutor:
                     self.ray.cancel(ref, force=True)  # comes back as TaskCancelledError on a later wait
         return finished
 
-    def _wait_one(self, timeout: Optional[float]):
-        """Block until at least one task is done, then take every task that is done."""
+    def _ready(self, timeout: Optional[float]) -> list:
+        """Block until a task is done (or ``timeout``), then take every task that is done."""
         ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=timeout)
         if not ready:
-            return [], None
+            return []
         more, _ = self.ray.wait(list(self._running), num_returns=len(self._running), timeout=0)
-        return list({*ready, *more}), None
+        return list(dict.fromkeys([*ready, *more]))
 
     def shutdown(self) -> None:
         for ref in list(self._running):

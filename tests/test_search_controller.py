@@ -143,3 +143,25 @@ def test_the_same_error_over_and_over_stops_the_run(tmp_path):
     with pytest.raises(RuntimeError, match=r"5 candidates in a row failed with the same error, so the run itself is broken"):
         Controller(tmp_path / "s.sqlite", config(50), broken).run()
     assert SearchStore(tmp_path / "s.sqlite").finished_count() < 50
+
+
+def test_a_store_from_before_mean_scores_is_upgraded_in_place(tmp_path):
+    import json
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE candidates (id INTEGER PRIMARY KEY AUTOINCREMENT, genome TEXT NOT NULL, hash TEXT NOT NULL,
+            functional_hash TEXT, parent INTEGER, status TEXT NOT NULL, protocol TEXT, reason TEXT, scores TEXT,
+            wall_time REAL, created REAL NOT NULL, finished REAL, finish_order INTEGER);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """)
+    for order, (name, scores) in enumerate([("EvoNormS0", [0.2, 0.4]), ("EvoNormS1", [0.5, 0.5])], start=1):
+        genome = paper_genome(name)
+        db.execute("INSERT INTO candidates (genome, hash, status, scores, created, finish_order) VALUES (?, ?, 'done', ?, 0, ?)",
+                   (genome.to_json(indent=None), genome.hash(), json.dumps(scores), order))
+    db.commit()
+    db.close()
+    top = SearchStore(path).top(2)
+    assert [c.scores for c in top] == [(0.5, 0.5), (0.2, 0.4)]

@@ -23,21 +23,25 @@ def run_search(path, executor, evaluate=search_tasks.fake_evaluate, in_flight=No
     return [(c.id, c.hash, c.status, c.protocol, c.scores, c.parent) for c in store.finished()]
 
 
-def collect(executor, count, timeout=240.0):
-    results, deadline = [], time.time() + timeout
+def collect(executor, count, timeout=240.0, results=()):
+    """Wait for ``count`` outcomes (some may have come while ``kill_first_attempt`` pumped the executor)."""
+    results, deadline = list(results), time.time() + timeout
     while len(results) < count and time.time() < deadline:
         results += executor.wait(timeout=0.5)
     assert len(results) == count, f"only {len(results)} of {count} tasks came back within {timeout} s"
     return dict(results)
 
 
-def kill_first_attempt(folder: Path, timeout: float = 240.0) -> None:
-    deadline = time.time() + timeout
+def kill_first_attempt(folder: Path, executor, timeout: float = 240.0) -> list:
+    """SIGKILL the worker running ``hang_on_first_attempt``'s first attempt; executors make progress
+    only inside ``wait``, so it is pumped meanwhile. Returns the outcomes that came in."""
+    came, deadline = [], time.time() + timeout
     while not (folder / "attempt-0").exists() or not (folder / "attempt-0").read_text():
         assert time.time() < deadline, "the task never started"
-        time.sleep(0.1)
+        came += executor.wait(timeout=0.1)
     time.sleep(0.2)
     os.kill(int((folder / "attempt-0").read_text()), signal.SIGKILL)
+    return came
 
 
 def test_inline_search_records_lineage(tmp_path):
@@ -84,16 +88,14 @@ def test_process_pool_keeps_two_in_flight_and_never_evaluates_a_duplicate_twice(
 def test_a_killed_worker_costs_one_retry(tmp_path, pool):
     pool.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
     pool.submit(2, search_tasks.echo, 7.0)
-    kill_first_attempt(tmp_path)
-    results = collect(pool, 2)
+    results = collect(pool, 2, results=kill_first_attempt(tmp_path, pool))
     assert results[1].scores == (1.0,)  # the second attempt's result
     assert results[2].scores == (7.0,)
 
 
 def test_a_worker_killed_without_retries_is_an_error_and_its_replacement_serves_on(tmp_path, strict_pool):
     strict_pool.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
-    kill_first_attempt(tmp_path)
-    outcome = collect(strict_pool, 1)[1]
+    outcome = collect(strict_pool, 1, results=kill_first_attempt(tmp_path, strict_pool))[1]
     assert outcome.scores is None and outcome.protocol == "error"
     assert "worker died (exit code -9) on each of 1 attempts" in outcome.reason
     strict_pool.submit(2, search_tasks.echo, 1.0)
@@ -142,17 +144,15 @@ def test_ray_keeps_its_workers_busy_and_loses_nothing(tmp_path, ray_cluster):
 def test_a_killed_ray_worker_costs_one_retry(tmp_path, ray_cluster):
     executor = ray_executor(max_retries=1)
     executor.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
-    kill_first_attempt(tmp_path)
-    assert collect(executor, 1)[1].scores == (1.0,)
+    assert collect(executor, 1, results=kill_first_attempt(tmp_path, executor))[1].scores == (1.0,)
 
 
 def test_a_ray_worker_killed_without_retries_is_an_error_and_a_hung_one_times_out(tmp_path, ray_cluster):
-    executor = ray_executor(max_retries=0, time_limit=3.0)
+    executor = ray_executor(max_retries=0, time_limit=15.0)  # counts from submission: worker start-up included
     executor.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
-    kill_first_attempt(tmp_path)
-    outcome = collect(executor, 1)[1]
+    outcome = collect(executor, 1, results=kill_first_attempt(tmp_path, executor))[1]
     assert outcome.protocol == "error" and "worker died on each of 1 attempts" in outcome.reason
-    executor.submit(2, search_tasks.hang, 60.0)
+    executor.submit(2, search_tasks.hang, 300.0)
     executor.submit(3, search_tasks.raise_error, "boom")
     results = collect(executor, 2)
     assert results[2].protocol == "timeout" and results[3].reason == "RuntimeError: boom"
