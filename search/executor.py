@@ -176,6 +176,7 @@ class ProcessExecutor:
             except (EOFError, OSError):
                 pass
         if worker.connection in ready or worker.process.sentinel in ready:
+            worker.process.join(timeout=5)
             code = worker.process.exitcode
             self.shutdown()
             raise RuntimeError(f"a search worker process died while starting (exit code {code}); run "
@@ -204,6 +205,7 @@ class ProcessExecutor:
                 except (EOFError, OSError):  # died while sending: handled as a death below
                     pass
             if worker.connection in ready or worker.process.sentinel in ready:
+                worker.process.join(timeout=5)  # the pipe can close before the exit code is there
                 code = worker.process.exitcode
                 self._replace(worker)
                 if task.attempt < self.config.max_retries:
