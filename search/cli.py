@@ -17,14 +17,14 @@ import contextlib
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Tuple
 
 import yaml
 
 from evonorm_plugins.graph import Genome
 
 from .controller import Controller, SearchConfig, execution_config
-from .executor import ExecutorConfig, create_executor
+from .executor import Executor, ExecutorConfig, create_executor
 from .store import SearchStore
 
 
@@ -59,13 +59,21 @@ def _execution(args: argparse.Namespace) -> ExecutorConfig:
 
 
 @contextlib.contextmanager
-def _controller(args: argparse.Namespace, config: Optional[SearchConfig]) -> Iterator[Controller]:
+def _executor(args: argparse.Namespace) -> Iterator[Tuple[Executor, Optional[int]]]:
+    """The executor the flags and config ask for, and how many evaluations to keep in flight; shut
+    down on the way out."""
     execution = _execution(args)
     executor = create_executor(execution)
     try:
-        yield Controller(args.store, config, progress=_print_progress, executor=executor, in_flight=execution.in_flight)
+        yield executor, execution.in_flight
     finally:
         executor.shutdown()
+
+
+@contextlib.contextmanager
+def _controller(args: argparse.Namespace, config: Optional[SearchConfig]) -> Iterator[Controller]:
+    with _executor(args) as (executor, in_flight):
+        yield Controller(args.store, config, progress=_print_progress, executor=executor, in_flight=in_flight)
 
 
 def _existing_store(path: Path) -> SearchStore:
@@ -100,7 +108,7 @@ def _top(args: argparse.Namespace) -> int:
     store = _existing_store(args.store)
     counts = store.counts()
     print(f"candidates: {store.finished_count()} finished; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    architectures = [a["name"] for a in (store.get_meta("config") or {}).get("evaluation", {}).get("architectures", [])]
+    architectures = store.architecture_names()
     for rank, candidate in enumerate(store.top(getattr(args, "k", 10)), start=1):
         scores = ", ".join(f"{name} {score:.3f}" for name, score in zip(architectures, candidate.scores or ()))
         print(f"{rank:3d}. [{candidate.hash}] {scores}  {candidate.genome.formula()}")
@@ -131,15 +139,10 @@ def _rerank(args: argparse.Namespace) -> int:
 
     store = _existing_store(args.store)
     settings = RerankSettings(args.k, args.seeds, args.steps_scale, tuple(args.baselines))
-    execution = _execution(args)
-    executor = create_executor(execution)
-    try:
-        rows = rerank(store, settings, executor, execution.in_flight, _print_progress)
-    finally:
-        executor.shutdown()
+    with _executor(args) as (executor, in_flight):
+        rows = rerank(store, settings, executor, in_flight, _print_progress)
     print()
-    architectures = [a["name"] for a in store.get_meta("config")["evaluation"]["architectures"]]
-    table = format_table(rows, architectures)
+    table = format_table(rows, store.architecture_names())
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rerank.md").write_text(

@@ -89,6 +89,7 @@ def evaluate_layer(layer: Type[nn.Module], config: EvaluationConfig) -> Outcome:
     try:
         data = _data(config)
         known = {}  # architecture index -> accuracy already measured with train_steps
+
         def steps_and_lr(architecture: ArchitectureConfig) -> Tuple[int, float]:
             return architecture.steps or config.train_steps, architecture.lr or config.lr
 

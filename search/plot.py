@@ -38,7 +38,7 @@ def plot_search(store: SearchStore, out_dir: Path) -> List[Path]:
     if not finished:
         raise ValueError(f"search store {str(store.path)!r} holds no finished candidate yet; run `evonorm-search run` first")
     done = [(step, c) for step, c in enumerate(finished, start=1) if c.status == "done" and c.scores]
-    names = [a["name"] for a in (store.get_meta("config") or {}).get("evaluation", {}).get("architectures", [])]
+    names = store.architecture_names()
     names += [f"architecture {i}" for i in range(len(names), max([len(c.scores or ()) for _, c in done] + [len(names)]))]
     baselines = {k: v for k, v in (store.get_meta("baselines") or {}).items() if isinstance(v, list) and v}
     out_dir = Path(out_dir)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import deque
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import get_layer_class, make_layer_class
 
+from .controller import SearchConfig
 from .evaluator import EvaluationConfig, Outcome, evaluate_layer, prepare
 from .executor import Executor, InlineExecutor
 from .store import SearchStore
@@ -79,8 +81,6 @@ def rerank(store: SearchStore, settings: RerankSettings, executor: Optional[Exec
     config = store.get_meta("config")
     if config is None:
         raise ValueError(f"{store.path} holds no search; run `evonorm-search run` first")
-    from .controller import SearchConfig  # the controller imports the executors; keep this module light
-
     search = SearchConfig.from_dict(config).evaluation
     candidates = store.top(settings.k)
     if not candidates:
@@ -101,12 +101,11 @@ def rerank(store: SearchStore, settings: RerankSettings, executor: Optional[Exec
 
 def _run_jobs(store, key, jobs, layers, settings, search, executor, in_flight, progress) -> None:
     pending: Dict[int, Tuple[str, int]] = {}
-    queue = list(jobs)
+    queue = deque(enumerate(jobs))
     finished = 0
     while queue or pending:
         while queue and len(pending) < in_flight:
-            name, seed = queue.pop(0)
-            task_id = len(jobs) - len(queue)
+            task_id, (name, seed) = queue.popleft()
             pending[task_id] = (name, seed)
             executor.submit(task_id, train_layer, layers[name], settings.evaluation(search, seed))
         for task_id, outcome in executor.wait(timeout=1.0):

@@ -110,6 +110,11 @@ class SearchStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def architecture_names(self) -> List[str]:
+        """The proxy architectures of the stored config, in score order (empty before a config is stored)."""
+        config = self.get_meta("config") or {}
+        return [a["name"] for a in config.get("evaluation", {}).get("architectures", [])]
+
     # ------------------------------------------------------------------------------- transitions
     def add(self, genome: Genome, parent: Optional[int] = None, functional_hash: Optional[str] = None) -> int:
         """Record a proposed candidate as ``pending``; returns its id."""
@@ -174,12 +179,12 @@ class SearchStore:
         return [(layer, seed, tuple(json.loads(scores)) if scores else None, reason) for layer, seed, scores, reason in rows]
 
     # ------------------------------------------------------------------------------------ queries
-    def _rows(self, where: str, args: tuple = (), order: str = "id") -> Iterator[Candidate]:
+    def _rows(self, where: str, args: tuple = (), order: str = "id", limit: int = -1) -> Iterator[Candidate]:
         query = (
             "SELECT id, genome, hash, functional_hash, parent, status, protocol, reason, scores, wall_time, finished "
-            f"FROM candidates WHERE {where} ORDER BY {order}"
+            f"FROM candidates WHERE {where} ORDER BY {order} LIMIT ?"
         )
-        for row in self._db.execute(query, args):
+        for row in self._db.execute(query, (*args, limit)):
             yield Candidate(
                 row[0], Genome.from_json(row[1], source=f"{self.path} candidate {row[0]}"), row[2], row[3], row[4],
                 row[5], row[6], row[7], tuple(json.loads(row[8])) if row[8] else None, row[9], row[10],
@@ -214,8 +219,7 @@ class SearchStore:
 
     def top(self, k: int) -> List[Candidate]:
         """The k best distinct layers by mean score (duplicates, which copy scores, left out)."""
-        return list(self._rows(
-            "status = 'done' AND protocol IS NULL", order=f"mean_score DESC, id LIMIT {int(k)}"))
+        return list(self._rows("status = 'done' AND protocol IS NULL", order="mean_score DESC, id", limit=k))
 
     def get(self, candidate_id: int) -> Candidate:
         found = next(self._rows("id = ?", (candidate_id,)), None)
