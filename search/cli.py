@@ -22,6 +22,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 import yaml
 
 from evonorm_plugins.graph import Genome
+from evonorm_plugins.registry import UnknownLayerError
 
 from .controller import Controller, SearchConfig, execution_config
 from .executor import Executor, ExecutorConfig, create_executor
@@ -207,7 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:  # bad config, store, dataset: said, not a traceback
+    # bad config, store, dataset, layer name, missing Ray: said, not a traceback
+    except (FileNotFoundError, ValueError, RuntimeError, UnknownLayerError, ImportError) as error:
         print(f"evonorm-search: error: {error}", file=sys.stderr)
         return 2
 

@@ -72,6 +72,8 @@ def test_plot_and_rerank_on_a_finished_search(tiny_config, tmp_path, capsys, mon
     args = ["rerank", "--store", str(store), "-k", "2", "--seeds", "2", "--steps-scale", "0.5",
             "--baselines", "BatchNormReLU", "--export", "1", "--out", str(out), "--workers", "0"]
     capsys.readouterr()
+    assert main([a if a != "BatchNormReLU" else "BatchNormRelu" for a in args]) == 2  # named before any training
+    assert "did you mean 'BatchNormReLU'" in capsys.readouterr().err
     assert main(args) == 0
     table = (out / "rerank.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
