@@ -16,9 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from evonorm_search.controller import Controller, SearchConfig
+from evonorm_search.config import SearchConfig
+from evonorm_search.controller import Controller
 from evonorm_search.evaluator import Outcome
-from evonorm_search.executor import ExecutorConfig, create_executor
+from evonorm_search.execution import ExecutorConfig, create_executor
 from evonorm_search.space import SearchSpace
 
 

@@ -15,11 +15,11 @@ import pytorch_lightning as pl  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import evonorm_plugins as ep  # noqa: E402
-from evonorm_plugins.biggan import ConditionalNormAct, Discriminator, Generator, count_parameters, truncated_z  # noqa: E402
-from evonorm_plugins.biggan.data import CIFAR10DataModule, ImageFolderDataModule  # noqa: E402
-from evonorm_plugins.biggan.ema import ema_update, standing_stats  # noqa: E402
-from evonorm_plugins.biggan.model import sn_linear_no_bias  # noqa: E402
-from evonorm_plugins.biggan.module import BigGANModule  # noqa: E402
+from evonorm_biggan import ConditionalNormAct, Discriminator, Generator, count_parameters, truncated_z  # noqa: E402
+from evonorm_biggan.data import CIFAR10DataModule, ImageFolderDataModule  # noqa: E402
+from evonorm_biggan.ema import ema_update, standing_stats  # noqa: E402
+from evonorm_biggan.model import sn_linear_no_bias  # noqa: E402
+from evonorm_biggan.module import BigGANModule  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "biggan"
 GENOME_LAYER = "BigGANTestGenomeB0"  # an "evolved" layer: EvoNorm-B0's genome run by GraphNormAct
@@ -272,7 +272,7 @@ def test_inception_metrics_with_local_weights(tmp_path):
 
     import torch_fidelity.feature_extractor_inceptionv3 as fe
 
-    from evonorm_plugins.biggan.metrics import InceptionMetrics
+    from evonorm_biggan.metrics import InceptionMetrics
 
     with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
             mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, strict=True: None):
@@ -286,7 +286,7 @@ def test_inception_metrics_with_local_weights(tmp_path):
 
 
 def test_cli_fit_with_the_smoke_config(tmp_path):
-    from evonorm_plugins.biggan.cli import main
+    from evonorm_biggan.cli import main
 
     root = _write_cifar(tmp_path / "cifar")
     main(["fit", "--config", str(CONFIGS / "smoke.yaml"), "--data.init_args.root", str(root),
@@ -310,6 +310,6 @@ def test_configs_parse_and_the_pair_differs_only_in_layer():
 
 
 def test_biggan_package_does_not_import_lightning():
-    code = "import sys, evonorm_plugins.biggan; print([m for m in ('pytorch_lightning', 'lightning', 'torchvision') if m in sys.modules])"
+    code = "import sys, evonorm_biggan; print([m for m in ('pytorch_lightning', 'lightning', 'torchvision') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

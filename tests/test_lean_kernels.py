@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from evonorm_plugins import functional as F
-from evonorm_plugins.functional import _evonorm_batch_reference, _evonorm_sample_reference
+from evonorm_plugins._ops import evonorm_batch_reference, evonorm_sample_reference
 
 from conftest import ALL_LAYERS, B_LAYERS, randomize_parameters
 
@@ -15,9 +15,9 @@ def _reference(layer, x):
     """The layer's output by the reference implementation (updates a copy of its running variance)."""
     if hasattr(layer, "running_var"):
         running = layer.running_var.clone()
-        y = _evonorm_batch_reference(x, layer.variant, running, layer.v, layer.weight, layer.bias, layer.training, layer.momentum, layer.eps, layer.apply_act, "ref")
+        y = evonorm_batch_reference(x, layer.variant, running, layer.v, layer.weight, layer.bias, layer.training, layer.momentum, layer.eps, layer.apply_act, "ref")
         return y, running
-    return _evonorm_sample_reference(x, layer.variant, layer.groups, layer.v, layer.weight, layer.bias, layer.eps, layer.apply_act, "ref"), None
+    return evonorm_sample_reference(x, layer.variant, layer.groups, layer.v, layer.weight, layer.bias, layer.eps, layer.apply_act, "ref"), None
 
 
 @pytest.mark.parametrize("name", list(ALL_LAYERS))

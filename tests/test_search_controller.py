@@ -11,7 +11,8 @@ import pytest
 
 from evonorm_plugins.graph import genome_from_ops
 from evonorm_plugins.registry import paper_genome
-from evonorm_search.controller import Controller, SearchConfig
+from evonorm_search.config import SearchConfig
+from evonorm_search.controller import Controller
 from evonorm_search.evaluator import EvaluationConfig, Outcome, evaluate
 from evonorm_search.proxy import ArchitectureConfig
 from evonorm_search.space import SearchSpace

@@ -7,7 +7,7 @@ import torch
 
 from evonorm_plugins.graph import GraphNormAct
 from evonorm_plugins.registry import paper_genome
-from evonorm_search.evolution import RandomSearch, RegularizedEvolution
+from evonorm_search.evolution import Proposal, RandomSearch, RegularizedEvolution
 from evonorm_search.space import SearchSpace
 
 SPACE = SearchSpace(batch_dependent=False, max_nodes=10)
@@ -36,7 +36,7 @@ def test_population_ages_and_discards_rejections():
     strategy = RegularizedEvolution(SPACE, population_size=5, tournament_size=2, seed=0)
     reported = []
     for i in range(12):
-        genome = strategy.propose()
+        genome = strategy.propose().genome
         scores = None if i % 4 == 3 else (float(i), float(-i))
         strategy.report(genome, scores)
         if scores is not None:
@@ -44,16 +44,16 @@ def test_population_ages_and_discards_rejections():
     assert [m.genome for m in strategy.population] == reported[-5:]  # the oldest left, rejections never joined
     assert strategy.reported == 12
     with pytest.raises(ValueError, match=r"reported 3 scores but the population has 2 per member"):
-        strategy.report(strategy.propose(), (1.0, 2.0, 3.0))
+        strategy.report(strategy.propose().genome, (1.0, 2.0, 3.0))
 
 
 def test_seeds_come_first_and_resume_by_replay_rebuilds_the_population():
     seeds = [paper_genome("EvoNormS1"), paper_genome("EvoNormS2")]
     strategy = RegularizedEvolution(SPACE, population_size=4, tournament_size=2, seed=1, initial=seeds)
-    assert [strategy.propose(), strategy.propose()] == seeds
+    assert [strategy.propose(), strategy.propose()] == [Proposal(seed) for seed in seeds]  # seeds have no parent
     history = []
     for i in range(10):
-        genome = strategy.propose()
+        genome = strategy.propose().genome
         history.append((genome, (float(i % 3), float(i % 2))))
         strategy.report(*history[-1])
     resumed = RegularizedEvolution(SPACE, population_size=4, tournament_size=2, seed=99)
@@ -72,7 +72,7 @@ def test_selection_pressure_improves_the_population(toy_task, seed):
     strategy = RegularizedEvolution(SPACE, population_size=20, tournament_size=5, seed=seed)
     initial = []
     for i in range(300):
-        genome = strategy.propose()
+        genome = strategy.propose().genome
         scores = toy_scores(genome, *toy_task)
         strategy.report(genome, scores)
         if i < 20:
@@ -83,4 +83,16 @@ def test_selection_pressure_improves_the_population(toy_task, seed):
 
 def test_random_search_proposals_are_reproducible():
     a, b = RandomSearch(SPACE, seed=5), RandomSearch(SPACE, seed=5)
-    assert [a.propose().hash() for _ in range(10)] == [b.propose().hash() for _ in range(10)]
+    assert [a.propose().genome.hash() for _ in range(10)] == [b.propose().genome.hash() for _ in range(10)]
+
+
+def test_a_child_proposal_names_its_parent_and_a_random_one_none():
+    strategy = RegularizedEvolution(SPACE, population_size=3, tournament_size=2, seed=2)
+    for candidate_id in range(3):
+        proposal = strategy.propose()
+        assert proposal.parent is None  # filling the population: fresh random genomes
+        strategy.report(proposal.genome, (float(candidate_id),), candidate_id=100 + candidate_id)
+    child = strategy.propose()
+    assert child.parent in {100, 101, 102}
+    assert child.genome != strategy.population[child.parent - 100].genome
+    assert RandomSearch(SPACE, seed=0).propose().parent is None

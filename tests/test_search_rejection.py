@@ -5,7 +5,8 @@ import pytest
 
 from evonorm_plugins.graph import genome_from_ops
 from evonorm_plugins.registry import paper_genome
-from evonorm_search.rejection import functional_hash, stability_test
+from evonorm_search.dedupe import functional_hash
+from evonorm_search.stability import stability_test
 from evonorm_search.store import SearchStore
 
 EXP_EXP = genome_from_ops([("exp", [0]), ("exp", [4])])

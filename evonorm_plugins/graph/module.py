@@ -5,7 +5,7 @@ from typing import Any, List, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..functional import _affine, _check_channels, _check_input, update_running_stat
+from .._ops import affine, check_channels, check_input, update_running_stat
 from ..kernels.common import compute_dtype
 from ..layers.base import EvoNormBase, num_groups_for
 from .genome import X, Genome, genome_from_ops
@@ -165,14 +165,14 @@ class GraphNormAct(EvoNormBase):
 
     def _run(self, x: Tensor) -> Tensor:
         """Interpret the program on x: the TorchScript-compatible reference of this layer."""
-        _check_input(x, self.layer_name)
+        check_input(x, self.layer_name)
         n, c = x.shape[0], x.shape[1]
-        _check_channels(self.weight, "weight", c, self.layer_name)
+        check_channels(self.weight, "weight", c, self.layer_name)
         dtype = compute_dtype(x)
         x3 = x.to(dtype).flatten(2)
         shape = [1, c, 1]
         if self.affine_only or x3.numel() == 0:
-            return self.drop(_affine(x3, self.weight, self.bias, shape).reshape(x.shape).to(x.dtype))
+            return self.drop(affine(x3, self.weight, self.bias, shape).reshape(x.shape).to(x.dtype))
         length = x3.shape[2]
         zero = torch.zeros((1, 1, 1), dtype=dtype, device=x.device)
         v0 = self.v0
@@ -192,7 +192,7 @@ class GraphNormAct(EvoNormBase):
                 b = values[self.second_input[i]] if self.second_input[i] >= 0 else a
                 values.append(elementwise(code, a, b, self.eps))
         y = values[self.output_index].expand(n, c, length)
-        return self.drop(_affine(y, self.weight, self.bias, shape).reshape(x.shape).to(x.dtype))
+        return self.drop(affine(y, self.weight, self.bias, shape).reshape(x.shape).to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, groups={self.groups}, momentum={self.momentum}, genome={self.program.hash()}: {self.program.formula()}"

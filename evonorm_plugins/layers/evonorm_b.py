@@ -4,7 +4,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..functional import _evonorm_batch, channel_affine
+from .._ops import evonorm_batch
+from ..functional import channel_affine
 from .base import EvoNormBase
 
 
@@ -38,7 +39,7 @@ class EvoNormBatch(EvoNormBase):
     def forward(self, x: Tensor) -> Tensor:
         if self.affine_only:
             return self.drop(channel_affine(x, self.weight, self.bias))
-        return self.drop(_evonorm_batch(
+        return self.drop(evonorm_batch(
             x, self.variant, self.running_var, self.v, self.weight, self.bias,
             self.training, self.momentum, self.eps, self.apply_act, self.layer_name,
         ))

@@ -3,7 +3,8 @@ from typing import Any, Optional
 
 from torch import Tensor
 
-from ..functional import _evonorm_sample, channel_affine
+from .._ops import evonorm_sample
+from ..functional import channel_affine
 from .base import EvoNormBase, num_groups_for
 
 
@@ -21,7 +22,7 @@ class EvoNormSample(EvoNormBase):
     def forward(self, x: Tensor) -> Tensor:
         if self.affine_only:
             return self.drop(channel_affine(x, self.weight, self.bias))
-        return self.drop(_evonorm_sample(
+        return self.drop(evonorm_sample(
             x, self.variant, self.groups, self.v, self.weight, self.bias, self.eps, self.apply_act, self.layer_name
         ))
 

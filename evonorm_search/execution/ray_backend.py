@@ -11,12 +11,13 @@ using one.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from .evaluator import Outcome
-from .executor import ExecutorConfig, Task, _failed
+from ..evaluator import Outcome
+from .policy import Attempt, Task, failed
+
+if TYPE_CHECKING:
+    from . import ExecutorConfig
 
 
 def _run_task(threads: int, fn: Task, args: tuple) -> Outcome:
@@ -24,15 +25,6 @@ def _run_task(threads: int, fn: Task, args: tuple) -> Outcome:
 
     torch.set_num_threads(threads)
     return fn(*args)
-
-
-@dataclass
-class _Submitted:
-    key: int
-    fn: Task
-    args: tuple
-    attempt: int
-    started: float
 
 
 class RayExecutor:
@@ -53,42 +45,39 @@ class RayExecutor:
         self._remote = ray.remote(num_cpus=config.threads_per_worker, max_retries=0)(_run_task)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.capacity = max(1, cpus // config.threads_per_worker)
-        self._running: Dict[Any, _Submitted] = {}
+        self.policy = config.policy
+        self._running: Dict[Any, Attempt] = {}
 
     def submit(self, key: int, fn: Task, *args: Any) -> None:
-        self._submit(_Submitted(key, fn, args, 0, 0.0))
+        self._submit(Attempt(key, fn, args))
 
-    def _submit(self, task: _Submitted) -> None:
-        task.started = time.perf_counter()
+    def _submit(self, task: Attempt) -> None:
+        task.start()
         self._running[self._remote.remote(self.config.threads_per_worker, task.fn, task.args)] = task
 
     def wait(self, timeout: Optional[float] = None) -> List[Tuple[int, Outcome]]:
         if not self._running:
             return []
-        limit = self.config.time_limit
-        if limit:
-            deadline = min(t.started for t in self._running.values()) + limit
-            timeout = max(0.0, min(timeout if timeout is not None else float("inf"), deadline - time.perf_counter()))
+        timeout = self.policy.wait_time(timeout, self._running.values())
         finished: List[Tuple[int, Outcome]] = []
         for ref in self._ready(timeout):
             task = self._running.pop(ref)
             try:
                 finished.append((task.key, self.ray.get(ref)))
             except self.ray.exceptions.TaskCancelledError:
-                finished.append((task.key, _failed("timeout", f"evaluation exceeded the time limit of {limit:g} s", task.started)))
+                finished.append((task.key, self.policy.timed_out(task)))
             except (self.ray.exceptions.WorkerCrashedError, self.ray.exceptions.NodeDiedError,
                     self.ray.exceptions.LocalRayletDiedError) as error:
-                if task.attempt < self.config.max_retries:
-                    self._submit(_Submitted(task.key, task.fn, task.args, task.attempt + 1, 0.0))
+                retry = self.policy.after_death(task, type(error).__name__)
+                if isinstance(retry, Attempt):
+                    self._submit(retry)
                 else:
-                    finished.append((task.key, _failed(
-                        "error", f"worker died on each of {task.attempt + 1} attempts: {type(error).__name__}", task.started)))
+                    finished.append((task.key, retry))
             except self.ray.exceptions.RayTaskError as error:
-                finished.append((task.key, _failed("error", f"{type(error.cause).__name__}: {error.cause}", task.started)))
-        if limit:
-            for ref, task in self._running.items():
-                if time.perf_counter() - task.started > limit:
-                    self.ray.cancel(ref, force=True)  # comes back as TaskCancelledError on a later wait
+                finished.append((task.key, failed("error", f"{type(error.cause).__name__}: {error.cause}", task.started)))
+        for ref, task in self._running.items():
+            if self.policy.overdue(task):
+                self.ray.cancel(ref, force=True)  # comes back as TaskCancelledError on a later wait
         return finished
 
     def _ready(self, timeout: Optional[float]) -> list:

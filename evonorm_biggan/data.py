@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from ..datasets import read_cifar10_batches
+from evonorm_plugins.datasets import read_cifar10_batches
 
 class BigGANDataModule(pl.LightningDataModule):
     """Shared loaders; subclasses set ``self.train_set`` in :meth:`setup`."""

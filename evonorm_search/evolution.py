@@ -4,8 +4,8 @@ random search with the same interface for ablations.
 Both are driven from outside (the controller), which keeps any number of evaluations in flight::
 
     strategy = RegularizedEvolution(SearchSpace(), population_size=100, tournament_size=25, seed=0)
-    genome = strategy.propose()          # as soon as a worker is free
-    strategy.report(genome, scores)      # when its evaluation finishes; None if it was rejected
+    proposal = strategy.propose()                 # as soon as a worker is free
+    strategy.report(proposal.genome, scores)      # when its evaluation finishes; None if it was rejected
 
 Replaying the finished evaluations of a stored run through :meth:`report`, in the order they finished,
 rebuilds the population exactly (aging depends only on that order), which is how a search resumes.
@@ -24,6 +24,15 @@ from .space import SearchSpace, mutate, random_genome
 
 
 @dataclass(frozen=True)
+class Proposal:
+    """A genome to evaluate, and the candidate id (as given to ``report``) of the member it was mutated
+    from: None for a fresh or seeded genome. The store records lineage with it."""
+
+    genome: Genome
+    parent: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class Member:
     """An evaluated genome with one score per proxy architecture (higher is better)."""
 
@@ -33,20 +42,15 @@ class Member:
 
 
 class RandomSearch:
-    """Every proposal is a fresh random genome of the space; reports are only counted.
-
-    ``last_parent`` is the candidate id (as given to :meth:`report`) of the member the last proposal
-    was mutated from, None for a fresh genome: the store records lineage with it.
-    """
+    """Every proposal is a fresh random genome of the space; reports are only counted."""
 
     def __init__(self, space: SearchSpace, seed: int = 0) -> None:
         self.space = space
         self.rng = random.Random(seed)
         self.reported = 0
-        self.last_parent: Optional[int] = None
 
-    def propose(self) -> Genome:
-        return random_genome(self.space, self.rng)
+    def propose(self) -> Proposal:
+        return Proposal(random_genome(self.space, self.rng))
 
     def report(self, genome: Genome, scores: Optional[Sequence[float]], candidate_id: Optional[int] = None) -> None:
         self.reported += 1
@@ -93,17 +97,15 @@ class RegularizedEvolution(RandomSearch):
         self.population: Deque[Member] = deque()
         self._seeds = list(initial)
 
-    def propose(self) -> Genome:
-        self.last_parent = None
+    def propose(self) -> Proposal:
         if len(self.population) < self.population_size and (
             self._seeds or not self.population or self.random_while_filling >= 1 or self.rng.random() < self.random_while_filling
         ):
-            return self._seeds.pop(0) if self._seeds else random_genome(self.space, self.rng)
+            return Proposal(self._seeds.pop(0) if self._seeds else random_genome(self.space, self.rng))
         tournament = self.rng.sample(list(self.population), min(self.tournament_size, len(self.population)))
         front = pareto_front([member.scores for member in tournament])
         parent = tournament[self.rng.choice(front)]
-        self.last_parent = parent.candidate_id
-        return mutate(parent.genome, self.space, self.rng)
+        return Proposal(mutate(parent.genome, self.space, self.rng), parent.candidate_id)
 
     def report(self, genome: Genome, scores: Optional[Sequence[float]], candidate_id: Optional[int] = None) -> None:
         super().report(genome, scores, candidate_id)

@@ -9,7 +9,7 @@ optimizer gives EvoNorm parameters ``SOLVER.WEIGHT_DECAY_NORM``. ``train_net.py`
 detectron2's sources, not its package, so this module carries the equivalent ``main``.
 
 Run it as ``evonorm-d2-train --config-file configs/detectron2/scratch_mask_rcnn_R_50_FPN_3x_evonorm_s0.yaml``
-or ``python -m evonorm_plugins.detectron2_train ...``. Python (LazyConfig) configs that use the
+or ``python -m evonorm_plugins.detectron2.train_net ...``. Python (LazyConfig) configs that use the
 plugin's callables import it themselves and train with detectron2's ``tools/lazyconfig_train_net.py``.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
-from . import detectron2 as evonorm_detectron2
+from .solver import build_evonorm_optimizer
 
 import detectron2.utils.comm as comm  # after the plugin, which explains a missing detectron2
 from detectron2.checkpoint import DetectionCheckpointer
@@ -77,7 +77,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> Optimizer:
-        return evonorm_detectron2.build_evonorm_optimizer(cfg, model)
+        return build_evonorm_optimizer(cfg, model)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:

@@ -24,8 +24,9 @@ import yaml
 from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import UnknownLayerError
 
-from .controller import Controller, SearchConfig, execution_config
-from .executor import Executor, ExecutorConfig, create_executor
+from .config import SearchConfig, execution_config
+from .controller import Controller
+from .execution import Executor, ExecutorConfig, create_executor
 from .store import SearchStore
 
 

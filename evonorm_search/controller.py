@@ -14,75 +14,22 @@ rebuilds the population), and candidates left pending by a crash are dispatched 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import get_layer_class, paper_genome
 
+from .config import SearchConfig
+from .dedupe import functional_hash
 from .evaluator import EvaluationConfig, Outcome, evaluate, evaluate_layer, prepare
 from .evolution import RandomSearch, RegularizedEvolution
-from .executor import Executor, ExecutorConfig, InlineExecutor
-from .proxy import ArchitectureConfig
-from .rejection import functional_hash
-from .space import SearchSpace
+from .execution import Executor, InlineExecutor
 from .store import Candidate, SearchStore
 
 Evaluate = Callable[[Genome, EvaluationConfig], Outcome]
 SYSTEMATIC_ERRORS = 5
 PROGRESS_INTERVAL = 0.5  # seconds between progress lines
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    space: SearchSpace = field(default_factory=SearchSpace)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    strategy: str = "evolution"  # or "random" (ablation with the same budget)
-    population_size: int = 100
-    tournament_size: int = 25
-    budget: int = 1000  # finished candidates, duplicates and rejections included
-    seed_with_paper_layers: bool = False
-    random_while_filling: float = 1.0  # see RegularizedEvolution
-    dedupe: bool = True
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SearchConfig":
-        """From plain data (YAML, the store's copy); numbers are coerced to the fields' types, since
-        YAML reads ``1.0e8`` as a string."""
-        evaluation = _coerced(EvaluationConfig, dict(data.get("evaluation", {})))
-        evaluation["architectures"] = tuple(
-            ArchitectureConfig.from_dict(a) for a in evaluation.get("architectures", ())
-        ) or EvaluationConfig().architectures
-        space = _coerced(SearchSpace, dict(data.get("space", {})))
-        if space.get("ops") is not None:
-            space["ops"] = tuple(space["ops"])
-        rest = _coerced(cls, {k: v for k, v in data.items() if k not in ("space", "evaluation", "execution")})
-        return cls(space=SearchSpace(**space), evaluation=EvaluationConfig(**evaluation), **rest)
-
-
-def execution_config(data: dict) -> ExecutorConfig:
-    """The ``execution`` section of a search config file: how to run, not what to search, so it is not
-    part of the stored config and a search may resume on another backend."""
-    return ExecutorConfig(**_coerced(ExecutorConfig, dict(data.get("execution") or {})))
-
-
-def _coerced(config_class: type, values: dict) -> dict:
-    """``values`` with each number converted to the type of the field's default (int, float, bool)."""
-    defaults = {f.name: f.default for f in fields(config_class)}
-    result = dict(values)
-    for key, value in values.items():
-        default = defaults.get(key)
-        if isinstance(default, (bool, int, float)) and not isinstance(default, type(value)) and value is not None:
-            try:
-                result[key] = type(default)(float(value)) if not isinstance(default, bool) else bool(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{key}: expected a {type(default).__name__}, got {value!r}") from None
-    return result
 
 
 def _strategy(config: SearchConfig):
@@ -128,10 +75,10 @@ class Controller:
     # ------------------------------------------------------------------------------------ dispatch
     def step(self) -> None:
         """Propose one candidate, record it and dispatch it (or settle it as a duplicate)."""
-        genome = self.strategy.propose()
-        fhash = functional_hash(genome) if self.config.dedupe else None
-        candidate_id = self.store.add(genome, parent=self.strategy.last_parent, functional_hash=fhash)
-        self._dispatch(candidate_id, genome, fhash)
+        proposal = self.strategy.propose()
+        fhash = functional_hash(proposal.genome) if self.config.dedupe else None
+        candidate_id = self.store.add(proposal.genome, parent=proposal.parent, functional_hash=fhash)
+        self._dispatch(candidate_id, proposal.genome, fhash)
 
     def _dispatch(self, candidate_id: int, genome: Genome, fhash: Optional[str]) -> None:
         if self.config.dedupe:

@@ -18,7 +18,7 @@ from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import make_layer_class
 
 from .proxy import ArchitectureConfig, CIFAR10DataModule, train_and_validate
-from .rejection import stability_test
+from .stability import stability_test
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class EvaluationConfig:
     quality_steps: int = 100
     quality_threshold: float = 0.2
     seed: int = 0
+    accelerator: str = "cpu"  # Lightning's accelerator for the proxy training: cpu, gpu, auto, ...
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ def evaluate_layer(layer: Type[nn.Module], config: EvaluationConfig) -> Outcome:
 
         if config.quality:
             first = config.architectures[0]
-            accuracy, nonfinite = train_and_validate(first.build(layer), data, config.quality_steps, steps_and_lr(first)[1], config.seed)
+            accuracy, nonfinite = train_and_validate(first.build(layer), data, config.quality_steps, steps_and_lr(first)[1], config.seed,
+                                                     config.accelerator)
             if nonfinite:
                 return rejected("nonfinite", f"non-finite loss within {config.quality_steps} steps on {first.name}")
             if accuracy < config.quality_threshold:
@@ -110,7 +112,8 @@ def evaluate_layer(layer: Type[nn.Module], config: EvaluationConfig) -> Outcome:
             if index in known:
                 scores.append(known[index])
                 continue
-            accuracy, nonfinite = train_and_validate(architecture.build(layer), data, *steps_and_lr(architecture), config.seed)
+            accuracy, nonfinite = train_and_validate(architecture.build(layer), data, *steps_and_lr(architecture), config.seed,
+                                                     config.accelerator)
             if nonfinite:
                 return rejected("nonfinite", f"non-finite loss while training {architecture.name}")
             scores.append(accuracy)

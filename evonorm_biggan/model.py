@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ..registry import get_layer
+from evonorm_plugins.registry import get_layer
 from .conditional_norm import ConditionalNormAct
 
 SN_EPS = 1e-6  # BigGAN-deep's SN_eps

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Optional
 
 from torch import Tensor, nn
 
-from ..registry import get_layer
+from evonorm_plugins.registry import get_layer
 
 
 def strip_affine(layer: nn.Module) -> nn.Module:

@@ -21,9 +21,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import get_layer_class, make_layer_class
 
-from .controller import SearchConfig
+from .config import SearchConfig
 from .evaluator import EvaluationConfig, Outcome, evaluate_layer, prepare
-from .executor import Executor, InlineExecutor
+from .execution import Executor, InlineExecutor
 from .store import SearchStore
 
 BASELINES = ("BatchNormReLU", "GroupNormReLU")

@@ -1,0 +1,71 @@
+"""Executors: who runs the evaluations. The controller keeps the population and the store and talks to
+any backend through one small interface (:class:`Executor`); workers are stateless (``fn(*args)`` in,
+an :class:`~evonorm_search.evaluator.Outcome` out).
+
+* :class:`InlineExecutor` (:mod:`.inline`): in the controller's process, one at a time (tests, debugging).
+* :class:`ProcessExecutor` (:mod:`.local`): a pool of local worker processes.
+* :class:`RayExecutor` (:mod:`.ray_backend`): Ray core tasks, on a local instance or a cluster.
+
+The contract every backend keeps, written once in :class:`.policy.RetryPolicy`: a task's outcome comes
+back exactly once. A worker that dies (crash, ``kill -9``, pre-emption) costs only its task, which is
+retried up to ``max_retries`` times and then comes back as an ``error`` outcome naming the cause; a
+task running past ``time_limit`` seconds is stopped (its worker killed and replaced) and comes back as
+a ``timeout`` outcome. Nothing a task does stops the run. A new backend implements :class:`Executor`
+with the policy and registers itself in :func:`create_executor`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Protocol, Tuple
+
+from ..evaluator import Outcome
+from .inline import InlineExecutor
+from .local import ProcessExecutor
+from .policy import Attempt, RetryPolicy, Task
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How evaluations run: ``backend`` ``local`` (worker processes; ``workers: 0`` runs them in the
+    controller's process), or ``ray`` (``address`` None starts a local Ray instance; ``auto`` or
+    ``HOST:PORT`` joins a cluster). ``in_flight`` None keeps one task per worker (Ray: per CPU)."""
+
+    backend: str = "local"
+    workers: int = 0
+    threads_per_worker: int = 1
+    in_flight: Optional[int] = None
+    time_limit: Optional[float] = None  # seconds per task; None: no limit
+    max_retries: int = 1  # re-runs of a task whose worker died
+    address: Optional[str] = None
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(self.time_limit, self.max_retries)
+
+
+class Executor(Protocol):
+    """Runs tasks keyed by the caller's ids; :meth:`wait` returns the ones that finished."""
+
+    capacity: int
+
+    def submit(self, key: int, fn: Task, *args: Any) -> None: ...
+
+    def wait(self, timeout: Optional[float] = None) -> List[Tuple[int, Outcome]]: ...
+
+    def shutdown(self) -> None: ...
+
+
+def create_executor(config: ExecutorConfig) -> Executor:
+    if config.backend == "ray":
+        from .ray_backend import RayExecutor  # Ray loads only when asked for
+
+        return RayExecutor(config)
+    if config.backend != "local":
+        raise ValueError(f"unknown executor backend {config.backend!r}; use 'local' or 'ray'")
+    if config.workers == 0:
+        return InlineExecutor()
+    return ProcessExecutor(config)
+
+
+__all__ = ["Attempt", "Executor", "ExecutorConfig", "InlineExecutor", "ProcessExecutor", "RetryPolicy", "Task",
+           "create_executor"]
