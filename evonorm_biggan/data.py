@@ -2,9 +2,11 @@
 
 Both yield ``(images, labels)`` with images as float tensors in [-1, 1] (G's tanh range), drop the
 last incomplete batch (a training step splits its batch into equal micro-batches), and check their
-root in ``setup`` with an error that names the missing path and the expected layout. The validation
-loader holds the first ``eval_images`` real images (the FID reference set) in batches of
-``eval_batch_size``.
+root with an error that names the missing path and the expected layout. The validation loader holds
+the first ``eval_images`` real images (the FID reference set) in batches of ``eval_batch_size``.
+
+Each exposes ``resolution`` and ``num_classes`` once constructed: the CLI links them to the model's
+``resolution`` and ``n_classes``, so model and data cannot disagree.
 """
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ class CIFAR10DataModule(BigGANDataModule):
     ) -> None:
         super().__init__(root, batch_size, num_workers, eval_images, eval_batch_size)
         self.flip = flip
+        self.resolution = 32
         self.num_classes = 10
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -107,7 +110,7 @@ class ImageFolderDataModule(BigGANDataModule):
         super().__init__(root, batch_size, num_workers, eval_images, eval_batch_size)
         self.resolution = resolution
         self.flip = flip
-        self.num_classes: Optional[int] = None
+        self.num_classes = len(_class_folders(self.root))
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
@@ -115,11 +118,6 @@ class ImageFolderDataModule(BigGANDataModule):
         from torchvision import transforms
         from torchvision.datasets import ImageFolder
 
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"no image folder at {str(self.root)!r}: expected one subfolder per class with the images "
-                f"inside (root/<class>/<image>.JPEG, e.g. ImageNet's train/); set data.root"
-            )
         steps: List[Any] = [transforms.Lambda(_center_crop_short_side), transforms.Resize(self.resolution)]
         if self.flip:
             steps.append(transforms.RandomHorizontalFlip())
@@ -129,6 +127,18 @@ class ImageFolderDataModule(BigGANDataModule):
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{error}; expected root/<class>/<image> under {str(self.root)!r}") from error
         self.num_classes = len(self.train_set.classes)
+
+
+def _class_folders(root: Path) -> List[str]:
+    """The class subfolders of an ImageFolder root (torchvision's rule), or a one-line error."""
+    from torchvision.datasets.folder import find_classes
+
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"no image folder at {str(root)!r}: expected one subfolder per class with the images "
+            f"inside (root/<class>/<image>.JPEG, e.g. ImageNet's train/); set data.root"
+        )
+    return find_classes(str(root))[0]
 
 
 def _center_crop_short_side(image: Any) -> Any:

@@ -13,13 +13,12 @@ and evaluation. Sampling uses ``G_ema`` in eval mode with the truncation trick.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from .ema import ema_update, standing_stats
 from .losses import hinge_d, hinge_g
@@ -41,8 +40,6 @@ class BigGANModule(pl.LightningModule):
         standing_stats_batches, standing_stats_batch_size: batches that re-estimate G_ema's running
             statistics before it samples.
         truncation: truncation threshold of z for sample grids and evaluation.
-        sample_every: G steps between sample grids (written as PNG under the log dir, and to the logger
-            when it takes images).
         sample_classes, sample_per_class: the grid's rows (classes spread over all of them) and columns.
         inception_weights: local path of torch-fidelity's Inception-v3 weights for IS/FID in
             validation; None disables evaluation.
@@ -73,7 +70,6 @@ class BigGANModule(pl.LightningModule):
         standing_stats_batches: int = 16,
         standing_stats_batch_size: int = 64,
         truncation: float = 1.0,
-        sample_every: int = 1000,
         sample_classes: int = 10,
         sample_per_class: int = 8,
         inception_weights: Optional[str] = None,
@@ -131,11 +127,6 @@ class BigGANModule(pl.LightningModule):
         opt_d = torch.optim.Adam(self.D.parameters(), lr=hp.d_lr, betas=tuple(hp.betas), eps=hp.adam_eps)
         return [opt_g, opt_d]
 
-    def on_fit_start(self) -> None:
-        classes = getattr(self.trainer.datamodule, "num_classes", None)
-        if classes is not None and classes != self.hparams.n_classes:
-            raise ValueError(f"the dataset has {classes} classes but model.n_classes={self.hparams.n_classes}; set model.n_classes to {classes}")
-
     def _micro_batches(self, x: Tensor, y: Tensor) -> List[Tuple[Tensor, Tensor]]:
         parts = self.hparams.d_steps * self.hparams.accumulate
         res = self.hparams.resolution
@@ -182,29 +173,16 @@ class BigGANModule(pl.LightningModule):
         g_steps = int(self.g_steps)
         ema_update(self.G_ema, self.G, hp.ema_decay if g_steps > hp.ema_start else 0.0)
         self.log_dict({"loss/d_real": loss_real, "loss/d_fake": loss_fake, "loss/g": loss_g, "g_steps": float(g_steps)}, prog_bar=True)
-        if g_steps % hp.sample_every == 0:
-            self.log_sample_grid()
 
     # -- grids and evaluation --------------------------------------------------------------------
 
-    def on_train_start(self) -> None:
-        if int(self.g_steps) == 0:  # the untrained grid, the reference for later ones
-            self.log_sample_grid()
-
-    def log_sample_grid(self) -> Path:
-        """Write the fixed-latent grid of G_ema (one class per row) to ``<log dir>/samples/``, and to
-        the logger when it takes images (TensorBoard). Returns the PNG path."""
+    @torch.no_grad()
+    def sample_grid(self) -> Tensor:
+        """G_ema's images for the fixed latents and classes (after standing statistics), tiled one class
+        per row in [0, 1]; :class:`~evonorm_biggan.callbacks.SampleGrid` writes it during training."""
         self.refresh_ema_stats()
         images = self.sample(len(self.fixed_y), self.fixed_y, z=self.fixed_z)
-        grid = make_grid(images, nrow=self.hparams.sample_per_class, normalize=True, value_range=(-1, 1))
-        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        path = log_dir / "samples" / f"step_{int(self.g_steps):07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, path)
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_image"):
-            experiment.add_image("samples", grid, int(self.g_steps))
-        return path
+        return make_grid(images, nrow=self.hparams.sample_per_class, normalize=True, value_range=(-1, 1))
 
     def on_validation_epoch_start(self) -> None:
         if self._metrics is not None:

@@ -14,13 +14,14 @@ Names are case-sensitive.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Type, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Type, Union
 
 from torch import nn
 
@@ -49,21 +50,6 @@ class UnknownLayerError(KeyError):
         return str(self.args[0])
 
 
-_registry: Dict[str, LayerEntry] = {}
-_env_loaded: Optional[str] = None
-_listeners: List[Callable[[str, Type[nn.Module]], None]] = []
-
-
-def add_registration_listener(callback: Callable[[str, Type[nn.Module]], None]) -> None:
-    """Call ``callback(name, cls)`` for every layer registered (or replaced) from now on.
-
-    The framework integrations use this to mirror the registry: a layer registered after
-    ``import evonorm_plugins.timm`` is usable in timm at once. Adding the same callback twice is a no-op.
-    """
-    if callback not in _listeners:
-        _listeners.append(callback)
-
-
 def make_layer_class(name: str, genome: Genome) -> Type[GraphNormAct]:
     """A ``GraphNormAct`` subclass named ``name`` that runs ``genome``: a class with the uniform
     constructor ``(num_features, *, eps, groups, group_size, momentum, apply_act, ...)`` that
@@ -80,117 +66,160 @@ def _check_name(name: Any) -> str:
     return name
 
 
-def register_layer(
-    name: str, layer: Union[Genome, Type[nn.Module]], overwrite: bool = False
-) -> Type[nn.Module]:
-    """Register a genome or an ``nn.Module`` class (with the uniform constructor) under ``name``.
+class LayerRegistry:
+    """Layer names → classes (and genomes), with listeners that mirror registrations into frameworks.
 
-    Registering the same genome or class again under the same name is a no-op (so re-imports and
-    re-loads are safe); a different one needs ``overwrite=True``. Returns the class.
+    The contract: a registered class has the uniform constructor ``(num_features, **kwargs)``; a name
+    maps to one class until it is replaced with ``overwrite=True``; a lookup of an unknown name raises
+    :class:`UnknownLayerError` listing close matches. The process-wide instance is :data:`REGISTRY`,
+    which the module-level functions use; :meth:`snapshot` scopes changes to it (tests, notebooks).
     """
-    _check_name(name)
-    if isinstance(layer, Genome):
-        genome: Optional[Genome] = layer
-        existing = _registry.get(name)
-        if existing is not None and existing.genome is not None and existing.genome.hash() == layer.hash():
-            return existing.cls
-        cls: Type[nn.Module] = make_layer_class(name, layer)
-    elif isinstance(layer, type) and issubclass(layer, nn.Module):
-        genome = getattr(layer, "default_genome", None)
-        cls = layer
-    else:
-        raise TypeError(f"register_layer({name!r}, ...) takes a Genome or an nn.Module subclass, got {type(layer).__name__}")
-    existing = _registry.get(name)
-    if existing is not None and existing.cls is not cls and not overwrite:
-        raise ValueError(
-            f"layer {name!r} is already registered ({existing.cls.__module__}.{existing.cls.__qualname__}); "
-            f"pass overwrite=True to replace it, or choose another name"
-        )
-    _registry[name] = LayerEntry(name, cls, genome)
-    for callback in _listeners:
-        callback(name, cls)
-    return cls
 
+    def __init__(self) -> None:
+        self._entries: Dict[str, LayerEntry] = {}
+        self._env_loaded: Optional[str] = None
+        self._listeners: List[Callable[[str, Type[nn.Module]], None]] = []
 
-def unregister_layer(name: str) -> None:
-    """Remove ``name`` from the registry (for tests and interactive sessions)."""
-    _entry(name)
-    del _registry[name]
+    def add_listener(self, callback: Callable[[str, Type[nn.Module]], None]) -> None:
+        """Call ``callback(name, cls)`` for every layer registered (or replaced) from now on.
 
+        The framework integrations use this to mirror the registry: a layer registered after
+        ``import evonorm_plugins.timm`` is usable in timm at once. Adding the same callback twice is a no-op.
+        """
+        if callback not in self._listeners:
+            self._listeners.append(callback)
 
-def load_genomes(path: Union[str, Path], overwrite: bool = False) -> List[str]:
-    """Register the genome in a JSON file, or every ``*.json`` in a folder, under its ``name`` (or the
-    file's stem when it has none). Returns the names registered."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.json"))
-    elif path.is_file():
-        files = [path]
-    else:
-        raise FileNotFoundError(f"no genome file or folder at {str(path)!r}; give a .json file or a folder of them")
-    names = []
-    for file in files:
-        genome = Genome.load(file)
-        name = genome.name or file.stem
-        register_layer(name, genome, overwrite=overwrite)
-        names.append(name)
-    return names
+    def register(self, name: str, layer: Union[Genome, Type[nn.Module]], overwrite: bool = False,
+                 genome: Optional[Genome] = None) -> Type[nn.Module]:
+        """Register a genome or an ``nn.Module`` class (with the uniform constructor) under ``name``;
+        ``genome`` attaches the genome a hand-written class computes (the paper layers).
 
-
-def _load_environment() -> None:
-    """Load the paths in ``EVONORM_GENOMES`` once per distinct value of the variable."""
-    global _env_loaded
-    value = os.environ.get(ENV_VAR, "")
-    if value == _env_loaded:
-        return
-    _env_loaded = value
-    for part in filter(None, value.split(os.pathsep)):
-        if not Path(part).exists():
-            _env_loaded = None
-            raise FileNotFoundError(
-                f"{ENV_VAR} names {part!r}, which does not exist; set it to genome files or folders "
-                f"separated by {os.pathsep!r}"
+        Registering the same genome or class again under the same name is a no-op (so re-imports and
+        re-loads are safe); a different one needs ``overwrite=True``. Returns the class.
+        """
+        _check_name(name)
+        existing = self._entries.get(name)
+        if isinstance(layer, Genome):
+            genome = layer
+            if existing is not None and existing.genome is not None and existing.genome.hash() == layer.hash():
+                return existing.cls
+            cls: Type[nn.Module] = make_layer_class(name, layer)
+        elif isinstance(layer, type) and issubclass(layer, nn.Module):
+            genome = genome or getattr(layer, "default_genome", None)
+            cls = layer
+        else:
+            raise TypeError(f"register_layer({name!r}, ...) takes a Genome or an nn.Module subclass, got {type(layer).__name__}")
+        if existing is not None and existing.cls is not cls and not overwrite:
+            raise ValueError(
+                f"layer {name!r} is already registered ({existing.cls.__module__}.{existing.cls.__qualname__}); "
+                f"pass overwrite=True to replace it, or choose another name"
             )
-        load_genomes(part)
+        self._entries[name] = LayerEntry(name, cls, genome)
+        for callback in self._listeners:
+            callback(name, cls)
+        return cls
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` from the registry (for tests and interactive sessions)."""
+        self.entry(name)
+        del self._entries[name]
+
+    def load_genomes(self, path: Union[str, Path], overwrite: bool = False) -> List[str]:
+        """Register the genome in a JSON file, or every ``*.json`` in a folder, under its ``name`` (or the
+        file's stem when it has none). Returns the names registered."""
+        path = Path(path)
+        if path.is_dir():
+            files = sorted(path.glob("*.json"))
+        elif path.is_file():
+            files = [path]
+        else:
+            raise FileNotFoundError(f"no genome file or folder at {str(path)!r}; give a .json file or a folder of them")
+        names = []
+        for file in files:
+            genome = Genome.load(file)
+            name = genome.name or file.stem
+            self.register(name, genome, overwrite=overwrite)
+            names.append(name)
+        return names
+
+    def _load_environment(self) -> None:
+        """Load the paths in ``EVONORM_GENOMES`` once per distinct value of the variable."""
+        value = os.environ.get(ENV_VAR, "")
+        if value == self._env_loaded:
+            return
+        self._env_loaded = value
+        for part in filter(None, value.split(os.pathsep)):
+            if not Path(part).exists():
+                self._env_loaded = None
+                raise FileNotFoundError(
+                    f"{ENV_VAR} names {part!r}, which does not exist; set it to genome files or folders "
+                    f"separated by {os.pathsep!r}"
+                )
+            self.load_genomes(part)
+
+    def entry(self, name: str) -> LayerEntry:
+        """The entry registered under ``name``; :class:`UnknownLayerError` with close matches if none."""
+        self._load_environment()
+        entry = self._entries.get(name)
+        if entry is not None:
+            return entry
+        names = sorted(self._entries)
+        same_but_case = [n for n in names if n.lower() == str(name).lower()]
+        close = same_but_case or difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise UnknownLayerError(
+            f"unknown layer {name!r}; {hint}names are case-sensitive. Registered: {', '.join(names)}. "
+            f"Add evolved layers with register_layer(), load_genomes() or the {ENV_VAR} environment variable."
+        )
+
+    def get_class(self, name: str) -> Type[nn.Module]:
+        """The class registered under ``name``."""
+        return self.entry(name).cls
+
+    def get(self, name: str, num_features: int, **kwargs: Any) -> nn.Module:
+        """Build the layer registered under ``name`` for ``num_features`` channels."""
+        return self.get_class(name)(num_features, **kwargs)
+
+    def genome(self, name: str) -> Genome:
+        """The genome of a registered layer (the baselines have none)."""
+        entry = self.entry(name)
+        if entry.genome is None:
+            raise ValueError(f"layer {name!r} is a hand-written module with no genome; genomes exist for the EvoNorms and evolved layers")
+        return entry.genome
+
+    def names(self) -> List[str]:
+        """All registered names, sorted."""
+        self._load_environment()
+        return sorted(self._entries)
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator["LayerRegistry"]:
+        """A block whose registrations (and loads from ``EVONORM_GENOMES``) are undone when it ends::
+
+            with REGISTRY.snapshot():
+                register_layer("Tmp", genome)
+            # "Tmp" is unknown again
+
+        Listeners stay; the framework registries they wrote to keep their entries.
+        """
+        entries, env_loaded = dict(self._entries), self._env_loaded
+        try:
+            yield self
+        finally:
+            self._entries, self._env_loaded = entries, env_loaded
 
 
-def _entry(name: str) -> LayerEntry:
-    _load_environment()
-    entry = _registry.get(name)
-    if entry is not None:
-        return entry
-    names = sorted(_registry)
-    same_but_case = [n for n in names if n.lower() == str(name).lower()]
-    close = same_but_case or difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
-    raise UnknownLayerError(
-        f"unknown layer {name!r}; {hint}names are case-sensitive. Registered: {', '.join(names)}. "
-        f"Add evolved layers with register_layer(), load_genomes() or the {ENV_VAR} environment variable."
-    )
+REGISTRY = LayerRegistry()
+"""The process-wide registry that every integration resolves names from."""
 
-
-def get_layer_class(name: str) -> Type[nn.Module]:
-    """The class registered under ``name``."""
-    return _entry(name).cls
-
-
-def get_layer(name: str, num_features: int, **kwargs: Any) -> nn.Module:
-    """Build the layer registered under ``name`` for ``num_features`` channels."""
-    return get_layer_class(name)(num_features, **kwargs)
-
-
-def get_genome(name: str) -> Genome:
-    """The genome of a registered layer (the baselines have none)."""
-    entry = _entry(name)
-    if entry.genome is None:
-        raise ValueError(f"layer {name!r} is a hand-written module with no genome; genomes exist for the EvoNorms and evolved layers")
-    return entry.genome
-
-
-def list_layers() -> List[str]:
-    """All registered names, sorted."""
-    _load_environment()
-    return sorted(_registry)
+add_registration_listener = REGISTRY.add_listener
+register_layer = REGISTRY.register
+unregister_layer = REGISTRY.unregister
+load_genomes = REGISTRY.load_genomes
+get_layer_class = REGISTRY.get_class
+get_layer = REGISTRY.get
+get_genome = REGISTRY.genome
+list_layers = REGISTRY.names
 
 
 def paper_genome(name: str) -> Genome:
@@ -201,17 +230,15 @@ def paper_genome(name: str) -> Genome:
     return Genome.from_json(file.read_text(), source=str(file))
 
 
-def _register_builtins() -> None:
-    for cls in (EvoNormB0, EvoNormB1, EvoNormB2, EvoNormS0, EvoNormS1, EvoNormS2):
-        _registry[cls.__name__] = LayerEntry(cls.__name__, cls, paper_genome(cls.__name__))
-    for cls in (BatchNormReLU, BatchNormSiLU, GroupNormReLU, GroupNormSiLU):
-        _registry[cls.__name__] = LayerEntry(cls.__name__, cls, None)
-
-
-_register_builtins()
+for _layer in (EvoNormB0, EvoNormB1, EvoNormB2, EvoNormS0, EvoNormS1, EvoNormS2):
+    REGISTRY.register(_layer.__name__, _layer, genome=paper_genome(_layer.__name__))
+for _layer in (BatchNormReLU, BatchNormSiLU, GroupNormReLU, GroupNormSiLU):
+    REGISTRY.register(_layer.__name__, _layer)
 
 __all__ = [
     "ENV_VAR",
+    "REGISTRY",
+    "LayerRegistry",
     "add_registration_listener",
     "LayerEntry",
     "UnknownLayerError",

@@ -1,11 +1,8 @@
+"""Fixtures shared by every test package."""
 import pytest
 import torch
 
-import evonorm_plugins as ep
-
-B_LAYERS = {"B0": ep.EvoNormB0, "B1": ep.EvoNormB1, "B2": ep.EvoNormB2}
-S_LAYERS = {"S0": ep.EvoNormS0, "S1": ep.EvoNormS1, "S2": ep.EvoNormS2}
-ALL_LAYERS = {**B_LAYERS, **S_LAYERS}
+from evonorm_plugins.registry import REGISTRY
 
 
 @pytest.fixture(autouse=True)
@@ -13,11 +10,8 @@ def _seed():
     torch.manual_seed(0)
 
 
-def randomize_parameters(layer: torch.nn.Module, generator_seed: int = 1) -> None:
-    """Move v, γ, β (and a running variance) away from their initial values, so tests see them used."""
-    g = torch.Generator().manual_seed(generator_seed)
-    with torch.no_grad():
-        for name, p in layer.named_parameters():
-            p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * 1.5 + (0.25 if name != "bias" else -0.75))
-        if getattr(layer, "running_var", None) is not None:
-            layer.running_var.copy_(torch.rand(layer.num_features, generator=g) * 2 + 0.1)
+@pytest.fixture
+def clean_registry():
+    """Layers a test registers are forgotten after it."""
+    with REGISTRY.snapshot():
+        yield REGISTRY

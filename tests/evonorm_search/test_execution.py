@@ -8,13 +8,18 @@ import time
 from pathlib import Path
 
 import pytest
-
 from evonorm_search.config import SearchConfig
 from evonorm_search.controller import Controller
-from evonorm_search.execution import ExecutorConfig, InlineExecutor, ProcessExecutor, create_executor
+from evonorm_search.execution import (
+    ExecutorConfig,
+    InlineExecutor,
+    ProcessExecutor,
+    create_executor,
+)
 from evonorm_search.space import SearchSpace
 
 import search_tasks
+from support import TESTS
 
 CONFIG = SearchConfig(space=SearchSpace(batch_dependent=False, max_nodes=9), population_size=8, tournament_size=3, budget=40, seed=3)
 
@@ -122,7 +127,7 @@ def test_time_limit_and_errors_cost_only_their_task(strict_pool):
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="the Ray backend needs ray (pip install 'evonorm-plugins[search]')")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="error", configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}})
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}})
     yield ray
     ray.shutdown()
 

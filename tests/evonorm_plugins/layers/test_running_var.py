@@ -4,7 +4,7 @@ import io
 import pytest
 import torch
 
-from conftest import B_LAYERS
+from support import B_LAYERS
 
 
 @pytest.mark.parametrize("name", list(B_LAYERS))

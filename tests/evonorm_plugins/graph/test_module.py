@@ -9,8 +9,8 @@ from evonorm_plugins.graph import PRIMITIVES, GraphNormAct, genome_from_ops
 from evonorm_plugins.graph.primitives import elementwise
 from evonorm_plugins.registry import paper_genome
 
-from conftest import ALL_LAYERS, randomize_parameters
-from test_genome import random_genome
+from support import ALL_LAYERS, randomize_parameters
+from support import random_genome
 
 
 def _graph_twin(name, hand, **kwargs):

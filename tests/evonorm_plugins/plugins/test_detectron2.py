@@ -10,13 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+from support import ROOT
+
 pytest.importorskip("detectron2", reason="detectron2 is not installed (build it from source, see the README)")
 
 import evonorm_plugins.detectron2 as plugin  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import LazyCall as L  # noqa: E402
 from detectron2.config import get_cfg, instantiate  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader  # noqa: E402
+from detectron2.data import (  # noqa: E402
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_train_loader,
+)
 from detectron2.data.datasets import register_coco_instances  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -25,13 +31,19 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool  # noqa: E402
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead  # noqa: E402
 from detectron2.structures import Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
+from evonorm_plugins.registry import register_layer, unregister_layer  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
-from evonorm_plugins import EvoNormB0, EvoNormBase, EvoNormS0, GroupNormReLU, paper_genome  # noqa: E402
-from evonorm_plugins.registry import register_layer, unregister_layer  # noqa: E402
+from evonorm_plugins import (  # noqa: E402
+    EvoNormB0,
+    EvoNormBase,
+    EvoNormS0,
+    GroupNormReLU,
+    paper_genome,
+)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detectron2"
+CONFIGS = ROOT / "configs" / "detectron2"
 CONFIG_FILES = {
     "gn": CONFIGS / "scratch_mask_rcnn_R_50_FPN_3x_gn.yaml",
     "evonorm_b0": CONFIGS / "scratch_mask_rcnn_R_50_FPN_3x_evonorm_b0.yaml",

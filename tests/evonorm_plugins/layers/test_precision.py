@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import ALL_LAYERS, randomize_parameters
+from support import ALL_LAYERS, randomize_parameters
 
 
 @pytest.mark.parametrize("name", list(ALL_LAYERS))

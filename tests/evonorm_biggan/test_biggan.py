@@ -9,22 +9,31 @@ import numpy as np
 import pytest
 import torch
 
+from support import ROOT
+
 pytest.importorskip("pytorch_lightning")
 pytest.importorskip("torchvision")
 import pytorch_lightning as pl  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
-import evonorm_plugins as ep  # noqa: E402
-from evonorm_biggan import ConditionalNormAct, Discriminator, Generator, count_parameters, truncated_z  # noqa: E402
+from evonorm_biggan.callbacks import SampleGrid  # noqa: E402
 from evonorm_biggan.data import CIFAR10DataModule, ImageFolderDataModule  # noqa: E402
 from evonorm_biggan.ema import ema_update, standing_stats  # noqa: E402
 from evonorm_biggan.model import sn_linear_no_bias  # noqa: E402
 from evonorm_biggan.module import BigGANModule  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "biggan"
+import evonorm_plugins as ep  # noqa: E402
+from evonorm_biggan import (  # noqa: E402
+    ConditionalNormAct,
+    Discriminator,
+    Generator,
+    count_parameters,
+    truncated_z,
+)
+
+CONFIGS = ROOT / "configs" / "biggan"
 GENOME_LAYER = "BigGANTestGenomeB0"  # an "evolved" layer: EvoNorm-B0's genome run by GraphNormAct
 TINY = dict(resolution=32, n_classes=4, g_ch=4, d_ch=4, depth=1, dim_z=8, shared_dim=8, g_attention=16, d_attention=16,
-            standing_stats_batches=2, standing_stats_batch_size=4, sample_classes=2, sample_per_class=2, sample_every=1000)
+            standing_stats_batches=2, standing_stats_batch_size=4, sample_classes=2, sample_per_class=2)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -224,10 +233,12 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     assert int(resumed.g_steps) == 4
 
 
-def test_sample_grid_png(tmp_path):
-    module = BigGANModule(**{**TINY, "sample_every": 1})
-    _trainer(tmp_path, limit_train_batches=1).fit(module, _loader())
-    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000000.png", "step_0000001.png"]
+def test_sample_grid_callback_writes_the_untrained_and_every_nth_grid(tmp_path):
+    module = BigGANModule(**TINY)
+    _trainer(tmp_path, limit_train_batches=3, callbacks=[SampleGrid(every_n_steps=2)]).fit(module, _loader(n=12))
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000000.png", "step_0000002.png"]
+    grid = module.sample_grid()  # 2 classes × 2 samples of 32×32, tiled with make_grid's 2-pixel padding
+    assert grid.shape == (3, 2 + 2 * 34, 2 + 2 * 34) and 0 <= grid.min() and grid.max() <= 1
 
 
 # -- data, metrics and CLI ------------------------------------------------------------------------
@@ -271,7 +282,6 @@ def test_inception_metrics_with_local_weights(tmp_path):
     from unittest import mock
 
     import torch_fidelity.feature_extractor_inceptionv3 as fe
-
     from evonorm_biggan.metrics import InceptionMetrics
 
     with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
@@ -293,6 +303,21 @@ def test_cli_fit_with_the_smoke_config(tmp_path):
           "--trainer.default_root_dir", str(tmp_path / "run")])
     assert (tmp_path / "run" / "samples" / "step_0000002.png").is_file()
     assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+
+
+def test_cli_links_resolution_and_classes_from_the_data(tmp_path):
+    """model.resolution and model.n_classes come from the data module; setting them is refused."""
+    from evonorm_biggan.cli import main
+
+    root = _write_cifar(tmp_path / "cifar")
+    base = ["--config", str(CONFIGS / "smoke.yaml"), "--data.init_args.root", str(root)]
+    with pytest.raises(SystemExit):
+        main(["fit", *base, "--model.n_classes", "7"])
+    (tmp_path / "cls_a").mkdir(), (tmp_path / "cls_b").mkdir(), (tmp_path / "cls_c").mkdir()
+    folder = ImageFolderDataModule(str(tmp_path), resolution=64)
+    assert (folder.num_classes, folder.resolution) == (4, 64)  # cifar/ counts as a class folder here
+    cifar = CIFAR10DataModule(str(root))
+    assert (cifar.num_classes, cifar.resolution) == (10, 32)
 
 
 def test_configs_parse_and_the_pair_differs_only_in_layer():

@@ -7,7 +7,7 @@ affine-only (our ``affine_only=True``); its S0a/S1a/S2a with ``apply_act=False``
 import pytest
 import torch
 
-from conftest import ALL_LAYERS, randomize_parameters
+from support import ALL_LAYERS, randomize_parameters
 
 timm_layers = pytest.importorskip("timm.layers")
 

@@ -19,11 +19,11 @@ from mmengine.registry import MODELS, Registry  # noqa: E402
 import evonorm_plugins as ep  # noqa: E402
 import evonorm_plugins.mmcv as plugin  # noqa: E402
 import reference as ref  # noqa: E402
-from conftest import randomize_parameters  # noqa: E402
+from support import ROOT, randomize_parameters  # noqa: E402
 from evonorm_plugins import registry  # noqa: E402
 from evonorm_plugins.graph import GraphNormAct, genome_from_ops  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = ROOT
 # tanh(x) / sqrt(mean(x², over H, W) + eps): an evolved layer with a formula that is easy to restate.
 EVOLVED = genome_from_ops([("mean_sq_instance", [0]), ("sqrt", [4]), ("tanh", [0]), ("div", [6, 5])], name="EvolvedTanh")
 EXPECTED_ABBR = {"BatchNormReLU": "bn", "BatchNormSiLU": "bn", "GroupNormReLU": "gn", "GroupNormSiLU": "gn"}
@@ -32,10 +32,9 @@ EXPECTED_ABBR = {"BatchNormReLU": "bn", "BatchNormSiLU": "bn", "GroupNormReLU": 
 @pytest.fixture
 def clean_registries():
     """Undo what a test registers in evonorm_plugins and in mmengine's MODELS."""
-    layers, models = dict(registry._registry), dict(MODELS._module_dict)
-    yield
-    registry._registry.clear()
-    registry._registry.update(layers)
+    models = dict(MODELS._module_dict)
+    with registry.REGISTRY.snapshot():
+        yield
     MODELS._module_dict.clear()
     MODELS._module_dict.update(models)
 

@@ -8,8 +8,6 @@ import textwrap
 import time
 
 import pytest
-
-from evonorm_plugins.graph import genome_from_ops
 from evonorm_plugins.registry import paper_genome
 from evonorm_search.config import SearchConfig
 from evonorm_search.controller import Controller
@@ -17,7 +15,10 @@ from evonorm_search.evaluator import EvaluationConfig, Outcome, evaluate
 from evonorm_search.proxy import ArchitectureConfig
 from evonorm_search.space import SearchSpace
 from evonorm_search.store import SearchStore
+
+from evonorm_plugins.graph import genome_from_ops
 from search_tasks import fake_evaluate
+from support import TESTS
 
 SPACE = SearchSpace(batch_dependent=False, max_nodes=9)
 
@@ -67,7 +68,7 @@ def test_kill_9_mid_run_loses_and_repeats_nothing(tmp_path):
     log = tmp_path / "evaluated.log"
     script = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        sys.path.insert(0, {str(TESTS)!r})
         from test_search_controller import config, fake_evaluate
         from evonorm_search.controller import Controller
 

@@ -14,14 +14,6 @@ from evonorm_plugins.graph import GraphNormAct, genome_from_ops
 EVOLVED = genome_from_ops([("mean_sq_instance", [0]), ("sqrt", [4]), ("tanh", [0]), ("div", [6, 5])], name="EvolvedTanh")
 
 
-@pytest.fixture
-def clean_registry():
-    before = dict(registry._registry)
-    yield
-    registry._registry.clear()
-    registry._registry.update(before)
-
-
 def test_builtins_are_registered():
     names = ep.list_layers()
     for name in ["EvoNormB0", "EvoNormB1", "EvoNormB2", "EvoNormS0", "EvoNormS1", "EvoNormS2",
@@ -117,3 +109,22 @@ def test_environment_variable_is_read_when_it_changes(tmp_path, monkeypatch, cle
 def test_paper_genome_rejects_other_names():
     with pytest.raises(ValueError, match=r"'EvoNormS3' is not a paper layer"):
         ep.paper_genome("EvoNormS3")
+
+
+def test_a_snapshot_forgets_what_was_registered_inside_it():
+    genome = registry.paper_genome("EvoNormS0")
+    before = ep.list_layers()
+    with registry.REGISTRY.snapshot() as layers:
+        cls = ep.register_layer("SnapshotOnly", genome)
+        assert layers.get_class("SnapshotOnly") is cls and "SnapshotOnly" in ep.list_layers()
+    assert ep.list_layers() == before
+    with pytest.raises(registry.UnknownLayerError, match="unknown layer 'SnapshotOnly'"):
+        ep.get_layer_class("SnapshotOnly")
+
+
+def test_a_separate_registry_shares_nothing_with_the_global_one():
+    private = registry.LayerRegistry()
+    private.register("Mine", ep.EvoNormS0)
+    assert private.names() == ["Mine"] and "Mine" not in ep.list_layers()
+    with pytest.raises(ValueError, match="no genome"):  # a class registered without one
+        private.genome("Mine")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALL_LAYERS, randomize_parameters
+from support import ALL_LAYERS, randomize_parameters
 
 CONFIGS = [dict(), dict(apply_act=False), dict(affine_only=True)]
 

@@ -1,11 +1,10 @@
 """Groups rule and bad input: each error names the bad value and the fix."""
 import pytest
 import torch
-
-import evonorm_plugins as ep
 from evonorm_plugins.functional import evonorm_s0, resolve_groups
 
-from conftest import ALL_LAYERS, S_LAYERS
+import evonorm_plugins as ep
+from support import ALL_LAYERS, S_LAYERS
 
 
 @pytest.mark.parametrize("channels, groups, expected", [(64, 32, 32), (24, 32, 24), (80, 32, 20), (96, 32, 32), (100, 32, 25), (7, 32, 7), (13, 4, 1), (1, 32, 1)])

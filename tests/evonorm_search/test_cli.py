@@ -5,15 +5,18 @@ import pytest
 import torch
 import yaml
 
+from support import ROOT
+
 pytest.importorskip("pytorch_lightning")
 
-import evonorm_plugins as ep  # noqa: E402
-from evonorm_plugins import registry  # noqa: E402
 from evonorm_search.cli import main  # noqa: E402
 from evonorm_search.rerank import RerankSettings  # noqa: E402
 from evonorm_search.store import SearchStore  # noqa: E402
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "search" / "smoke.yaml"
+import evonorm_plugins as ep  # noqa: E402
+from evonorm_plugins import registry  # noqa: E402
+
+SMOKE = ROOT / "configs" / "search" / "smoke.yaml"
 
 
 @pytest.fixture
@@ -40,14 +43,10 @@ def test_run_top_export_and_load_by_name(tiny_config, tmp_path, capsys):
     assert main(["export", "--store", str(store), "-k", "2", "--out", str(out)]) == 0
     files = sorted(out.glob("*.json"))
     assert len(files) == 2
-    before = dict(registry._registry)
-    try:
+    with registry.REGISTRY.snapshot():
         names = ep.load_genomes(out)
         layer = ep.get_layer(names[0], 16, groups=4)
         assert layer(torch.randn(2, 16, 4, 4)).shape == (2, 16, 4, 4)
-    finally:
-        registry._registry.clear()
-        registry._registry.update(before)
 
 
 def test_errors_name_the_problem(tmp_path, capsys):
@@ -82,13 +81,9 @@ def test_plot_and_rerank_on_a_finished_search(tiny_config, tmp_path, capsys, mon
     assert len(SearchStore(store).trainings(RerankSettings(2, 2, 0.5, ("BatchNormReLU",)).key())) == 6
     exported = sorted(out.glob("*.json"))
     assert len(exported) == 1
-    before = dict(registry._registry)
-    try:
+    with registry.REGISTRY.snapshot():
         (name,) = ep.load_genomes(exported[0])
         assert ep.get_layer(name, 8, groups=4)(torch.randn(2, 8, 3, 3)).shape == (2, 8, 3, 3)
-    finally:
-        registry._registry.clear()
-        registry._registry.update(before)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished re-ranking must be read back, not trained again")
@@ -98,8 +93,9 @@ def test_plot_and_rerank_on_a_finished_search(tiny_config, tmp_path, capsys, mon
 
 
 def test_execution_section_and_flags(tmp_path):
-    from evonorm_search.cli import _execution
     from types import SimpleNamespace
+
+    from evonorm_search.cli import _execution
 
     config = tmp_path / "c.yaml"
     config.write_text("budget: 3\nexecution: {workers: 2, time_limit: 300}\n")

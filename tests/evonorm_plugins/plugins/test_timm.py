@@ -22,11 +22,9 @@ def evolved(tmp_path_factory):
     """An evolved layer delivered as a JSON file and loaded by name, registered after the plugin import."""
     path = tmp_path_factory.mktemp("genomes") / "evolved_tanh.json"
     genome_from_ops([("mean_sq_instance", [0]), ("sqrt", [4]), ("tanh", [0]), ("mul", [6, 3]), ("div", [7, 5])], name="evolved_tanh").save(path)
-    before = dict(registry._registry)
-    ep.load_genomes(path)
-    yield "evolved_tanh"
-    registry._registry.clear()
-    registry._registry.update(before)
+    with registry.REGISTRY.snapshot():
+        ep.load_genomes(path)
+        yield "evolved_tanh"
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

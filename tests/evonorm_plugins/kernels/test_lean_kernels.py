@@ -6,7 +6,7 @@ import torch
 from evonorm_plugins import functional as F
 from evonorm_plugins._ops import evonorm_batch_reference, evonorm_sample_reference
 
-from conftest import ALL_LAYERS, B_LAYERS, randomize_parameters
+from support import ALL_LAYERS, B_LAYERS, randomize_parameters
 
 TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=2e-3), torch.bfloat16: dict(rtol=1e-2, atol=1e-2)}
 

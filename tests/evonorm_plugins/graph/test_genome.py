@@ -4,23 +4,11 @@ import random
 
 import pytest
 
-from evonorm_plugins.graph import AGGREGATION_OPS, ELEMENTWISE_OPS, PRIMITIVES, Genome, GenomeError, Node, genome_from_ops
+from evonorm_plugins.graph import AGGREGATION_OPS, ELEMENTWISE_OPS, Genome, GenomeError, genome_from_ops
 from evonorm_plugins.registry import paper_genome
+from support import random_genome
 
 PAPER = ["EvoNormB0", "EvoNormB1", "EvoNormB2", "EvoNormS0", "EvoNormS1", "EvoNormS2"]
-
-
-def random_genome(rng: random.Random, size: int) -> Genome:
-    """A random valid genome whose last node depends on x (for property tests)."""
-    while True:
-        nodes = []
-        for i in range(size):
-            op = rng.choice(list(PRIMITIVES))
-            nodes.append(Node(op, tuple(rng.randrange(4 + i) for _ in range(PRIMITIVES[op].arity))))
-        try:
-            return Genome(tuple(nodes), 3 + size)
-        except GenomeError:
-            continue
 
 
 def test_primitive_set_is_the_papers():

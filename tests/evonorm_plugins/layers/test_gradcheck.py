@@ -5,7 +5,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 from evonorm_plugins import functional as F
 
-from conftest import ALL_LAYERS, randomize_parameters
+from support import ALL_LAYERS, randomize_parameters
 
 
 @pytest.fixture(params=["eager", "reference"])

@@ -5,23 +5,25 @@ from pathlib import Path
 import pytest
 import torch
 
+from support import ROOT
+
 try:
     import evonorm_plugins.mmdet as evonorm_mmdet
 except (ImportError, AssertionError) as error:  # AssertionError: mmdet's own check of the mmcv version
     pytest.skip(f"needs mmdet 3.x with the full mmcv it supports: {error}", allow_module_level=True)
 
-from mmengine.config import Config  # noqa: E402
-from mmengine.optim import OptimWrapper  # noqa: E402
 from mmdet.models.backbones import ResNet  # noqa: E402
 from mmdet.models.roi_heads.bbox_heads import Shared4Conv1FCBBoxHead  # noqa: E402
 from mmdet.models.roi_heads.mask_heads import FCNMaskHead  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
 from mmdet.testing import demo_mm_inputs  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from mmengine.optim import OptimWrapper  # noqa: E402
 
 from evonorm_plugins import EvoNormB0, EvoNormBase, EvoNormS0  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mmdet"
+CONFIGS = ROOT / "configs" / "mmdet"
 EVONORM_CONFIGS = {
     EvoNormB0: CONFIGS / "mask-rcnn_r50_fpn_evonorm-b0-all_2x_coco.py",
     EvoNormS0: CONFIGS / "mask-rcnn_r50_fpn_evonorm-s0-all_2x_coco.py",

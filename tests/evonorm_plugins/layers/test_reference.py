@@ -4,10 +4,9 @@ import pytest
 import torch
 
 import evonorm_plugins as ep
-from evonorm_plugins import functional as F
-
-from conftest import ALL_LAYERS, B_LAYERS, S_LAYERS, randomize_parameters
 import reference as ref
+from evonorm_plugins import functional as F
+from support import ALL_LAYERS, B_LAYERS, S_LAYERS, randomize_parameters
 
 
 def _params(layer):

@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-SPEC = importlib.util.spec_from_file_location("bench_layers", Path(__file__).resolve().parents[1] / "benchmarks" / "layers.py")
+from support import ROOT
+
+SPEC = importlib.util.spec_from_file_location("bench_layers", ROOT / "benchmarks" / "layers.py")
 bench = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(bench)
 
