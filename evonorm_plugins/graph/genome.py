@@ -16,6 +16,7 @@ JSON form (``schema_version`` 1)::
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -28,10 +29,19 @@ SCHEMA_VERSION = 1
 X, ZERO, V0, V1 = range(NUM_INITIAL_NODES)
 _OPTIONAL_KEYS = {"schema_version", "name", "description", "no_act_output"}
 _REQUIRED_KEYS = {"nodes", "output"}
+_NODE_KEYS = {"id", "op", "inputs"}
 
 
 class GenomeError(ValueError):
     """A genome that is malformed: the message names the node (or key) and what is wrong."""
+
+
+def _unknown_keys(unknown: Iterable[str], allowed: Iterable[str]) -> str:
+    """``unknown key(s) ['inptus'] (did you mean 'inputs'?); allowed: [...]``."""
+    unknown, allowed = sorted(unknown), sorted(allowed)
+    close = [match for key in unknown for match in difflib.get_close_matches(key, allowed, n=1)]
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return f"unknown key(s) {unknown}{hint}; allowed: {allowed}"
 
 
 @dataclass(frozen=True)
@@ -166,7 +176,7 @@ class Genome:
             raise GenomeError(f"{source}: missing key(s) {sorted(missing)}; a genome needs 'nodes' and 'output'")
         unknown = set(data) - _REQUIRED_KEYS - _OPTIONAL_KEYS
         if unknown:
-            raise GenomeError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_REQUIRED_KEYS | _OPTIONAL_KEYS)}")
+            raise GenomeError(f"{source}: {_unknown_keys(unknown, _REQUIRED_KEYS | _OPTIONAL_KEYS)}")
         version = data.get("schema_version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION:
             raise GenomeError(
@@ -178,8 +188,12 @@ class Genome:
         nodes = []
         for index, item in enumerate(data["nodes"]):
             node_id = NUM_INITIAL_NODES + index
+            if isinstance(item, Mapping) and set(item) - _NODE_KEYS:
+                raise GenomeError(f"{source}: node {node_id} has {_unknown_keys(set(item) - _NODE_KEYS, _NODE_KEYS)}")
             if not isinstance(item, Mapping) or "op" not in item or "inputs" not in item:
                 raise GenomeError(f"{source}: node {node_id} must be an object with 'op' and 'inputs', got {item!r}")
+            if not isinstance(item["op"], str):
+                raise GenomeError(f"{source}: node {node_id} 'op' must be an op name (a string), got {item['op']!r}")
             if "id" in item and item["id"] != node_id:
                 raise GenomeError(
                     f"{source}: node at position {index} has id {item['id']!r} but its id is {node_id} "
@@ -187,7 +201,10 @@ class Genome:
                 )
             if not isinstance(item["inputs"], list):
                 raise GenomeError(f"{source}: node {node_id} 'inputs' must be a list of node ids, got {item['inputs']!r}")
-            nodes.append(Node(str(item["op"]), tuple(item["inputs"])))
+            nodes.append(Node(item["op"], tuple(item["inputs"])))
+        for key in ("name", "description"):
+            if not isinstance(data.get(key, ""), str):
+                raise GenomeError(f"{source}: {key!r} must be a string, got {data[key]!r}")
         name = data.get("name")
         try:
             return cls(tuple(nodes), data["output"], data.get("no_act_output"), name, data.get("description"))
