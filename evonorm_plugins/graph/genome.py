@@ -253,18 +253,28 @@ class Genome:
         new_id: Dict[str, int] = {d: i for i, d in enumerate(INITIAL_NODES)}
         nodes: List[Node] = []
 
-        def emit(node_id: int) -> int:
-            digest = digests[node_id]
-            if digest in new_id:
-                return new_id[digest]
-            node = self.nodes[node_id - NUM_INITIAL_NODES]
+        def operands(node: Node) -> List[int]:
             order = list(node.inputs)
             if PRIMITIVES[node.op].commutative:
                 order.sort(key=lambda i: (depths[i], digests[i]))
-            inputs = tuple(emit(i) for i in order)
-            nodes.append(Node(node.op, inputs))
-            new_id[digest] = NUM_INITIAL_NODES + len(nodes) - 1
-            return new_id[digest]
+            return order
+
+        def emit(root: int) -> int:
+            # Depth-first post-order with an explicit stack (genomes may be deeper than Python's
+            # recursion limit): a node is numbered after its operands, operands in canonical order.
+            stack = [(root, False)]
+            while stack:
+                node_id, operands_done = stack.pop()
+                if digests[node_id] in new_id:
+                    continue
+                node = self.nodes[node_id - NUM_INITIAL_NODES]
+                if operands_done:
+                    nodes.append(Node(node.op, tuple(new_id[digests[i]] for i in operands(node))))
+                    new_id[digests[node_id]] = NUM_INITIAL_NODES + len(nodes) - 1
+                else:
+                    stack.append((node_id, True))
+                    stack.extend((i, False) for i in reversed(operands(node)))
+            return new_id[digests[root]]
 
         output = emit(self.output)
         no_act = emit(self.no_act_output) if self.no_act_output is not None else None

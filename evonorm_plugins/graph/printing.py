@@ -40,7 +40,9 @@ def _format_number(value: float) -> Tuple[str, int]:
 
 def format_expression(genome: "Genome", node_id: int) -> str:
     constants = _constant_values(genome)
-    cache: Dict[int, Tuple[str, int]] = {}
+    # Text and precedence of each node, filled in id order: inputs are earlier nodes, so an operand's
+    # text is always ready and no recursion is needed, whatever the depth of the graph.
+    rendered: Dict[int, Tuple[str, int]] = {}
 
     def negated(node_id: int) -> Optional[int]:
         if node_id >= NUM_INITIAL_NODES and node_id not in constants:
@@ -50,20 +52,15 @@ def format_expression(genome: "Genome", node_id: int) -> str:
         return None
 
     def wrap(node_id: int, min_precedence: int) -> str:
-        text, precedence = render(node_id)
+        text, precedence = rendered[node_id]
         return f"({text})" if precedence < min_precedence else text
 
     def render(node_id: int) -> Tuple[str, int]:
-        if node_id in cache:
-            return cache[node_id]
         if node_id in constants and node_id != 1:
-            result = _format_number(constants[node_id])
-        elif node_id < NUM_INITIAL_NODES:
-            result = ("0" if node_id == 1 else INITIAL_NODES[node_id], ATOM)
-        else:
-            result = _render_op(node_id)
-        cache[node_id] = result
-        return result
+            return _format_number(constants[node_id])
+        if node_id < NUM_INITIAL_NODES:
+            return ("0" if node_id == 1 else INITIAL_NODES[node_id], ATOM)
+        return _render_op(node_id)
 
     def _render_op(node_id: int) -> Tuple[str, int]:
         node = genome.nodes[node_id - NUM_INITIAL_NODES]
@@ -86,8 +83,10 @@ def format_expression(genome: "Genome", node_id: int) -> str:
         if op == "sqrt":
             return f"sqrt({wrap(inputs[0], SUM)} + eps)", ATOM
         if op == "max":
-            return f"max({render(inputs[0])[0]}, {render(inputs[1])[0]})", ATOM
+            return f"max({rendered[inputs[0]][0]}, {rendered[inputs[1]][0]})", ATOM
         # sigmoid, tanh, exp, log, abs and the aggregations print as calls
-        return f"{op}({render(inputs[0])[0]})", ATOM
+        return f"{op}({rendered[inputs[0]][0]})", ATOM
 
-    return render(node_id)[0]
+    for used in sorted(genome.ancestors(node_id)):
+        rendered[used] = render(used)
+    return rendered[node_id][0]
