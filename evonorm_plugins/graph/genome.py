@@ -165,7 +165,7 @@ class Genome:
         return "{\n" + ",\n".join(lines) + "\n}"
 
     def save(self, path: Union[str, Path]) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "genome") -> "Genome":
@@ -216,15 +216,31 @@ class Genome:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
-            raise GenomeError(f"{source} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+            # Some of json's messages end in "at" ("Unterminated string starting at"): the position completes them.
+            problem = error.msg.removesuffix(" at")
+            raise GenomeError(f"{source} is not valid JSON: {problem} at line {error.lineno} column {error.colno}") from None
+        except RecursionError:  # json's parser recurses once per nesting level
+            raise GenomeError(f"{source} is nested too deeply to be a genome (nodes are a flat list of objects)") from None
         return cls.from_dict(data, source)
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Genome":
+        """Read a genome JSON file (UTF-8, a byte-order mark allowed)."""
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"genome path {str(path)!r} is a folder; give the path to a .json genome file "
+                f"(load_genomes() registers every *.json in a folder)"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"genome file {str(path)!r} does not exist; give the path to a .json genome")
-        return cls.from_json(path.read_text(), source=str(path))
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise GenomeError(
+                f"{path} is not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}); a genome is a JSON file"
+            ) from None
+        return cls.from_json(text, source=str(path))
 
     # ------------------------------------------------------------------------- canonical form, hash
     def _digests(self) -> List[str]:
