@@ -166,6 +166,9 @@ def test_unreadable_files_are_genome_errors(tmp_path):
     path.write_text("[" * 100_000)
     with pytest.raises(GenomeError, match=r"g\.json is nested too deeply to be a genome"):
         Genome.load(path)
+    path.write_text('{"nodes": [], "output": ' + "9" * 5000 + "}")
+    with pytest.raises(GenomeError, match=r"g\.json holds a number too long to read: Exceeds the limit"):
+        Genome.load(path)
     path.write_bytes(b'{"name": "\xff"}')
     with pytest.raises(GenomeError, match=r"g\.json is not UTF-8 text \(byte 10 is 0xff\)"):
         Genome.load(path)
