@@ -154,17 +154,29 @@ def _load_environment() -> None:
         load_genomes(part)
 
 
+def did_you_mean(name: str, normalize: Callable[[str], str] = str.lower, prefix: str = "") -> str:
+    """``"did you mean 'EvoNormS0'? "`` for the registered layers ``name`` may have meant, or ``""``.
+
+    Those equal to ``name`` once both are normalized (by default: case ignored) are suggested, else up
+    to three close spellings. The integrations pass their hosts' rule (timm lower-cases and drops
+    ``_``) and the ``prefix`` their users write before a name (``"evonorm_plugins."`` in timm).
+    """
+    candidates: Dict[str, List[str]] = {}
+    for registered in list_layers():
+        candidates.setdefault(normalize(registered), []).append(registered)
+    key = normalize(str(name))
+    keys = [key] if key in candidates else difflib.get_close_matches(key, list(candidates), n=3, cutoff=0.6)
+    close = [prefix + registered for k in keys for registered in candidates[k]]
+    return f"did you mean {', '.join(map(repr, close))}? " if close else ""
+
+
 def _entry(name: str) -> LayerEntry:
     _load_environment()
     entry = _registry.get(name)
     if entry is not None:
         return entry
-    names = sorted(_registry)
-    same_but_case = [n for n in names if n.lower() == str(name).lower()]
-    close = same_but_case or difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
     raise UnknownLayerError(
-        f"unknown layer {name!r}; {hint}names are case-sensitive. Registered: {', '.join(names)}. "
+        f"unknown layer {name!r}; {did_you_mean(name)}names are case-sensitive. Registered: {', '.join(sorted(_registry))}. "
         f"Add evolved layers with register_layer(), load_genomes() or the {ENV_VAR} environment variable."
     )
 
@@ -213,6 +225,7 @@ _register_builtins()
 __all__ = [
     "ENV_VAR",
     "add_registration_listener",
+    "did_you_mean",
     "LayerEntry",
     "UnknownLayerError",
     "get_genome",
