@@ -59,3 +59,28 @@ def test_show_prints_and_draws_a_deep_genome(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "nodes:           5004 (5000 after canonicalization)" in out
     assert (tmp_path / "chain.svg").stat().st_size > 0
+
+
+def doubling(length: int) -> Genome:
+    """Each node adds its predecessor to itself: written out in full, the formula doubles per node."""
+    return genome_from_ops([("tanh", [0])] + [("add", [4 + i, 4 + i]) for i in range(length - 1)])
+
+
+def test_formula_names_long_shared_subexpressions(monkeypatch):
+    from evonorm_plugins.graph import printing
+
+    text = str(doubling(5000))  # 2^5000 terms written out
+    assert len(text) < 2_000_000 and text.count(" where ") == 1
+    head, bindings = text.split(" where ")
+    names = [binding.split(" = ")[0] for binding in bindings.split(", ")]
+    assert len(names) == len(set(names)) > 100 and head.startswith(names[-1] + " + ")
+
+    # Substituting the names back gives the formula written out in full (a sum needs no parentheses).
+    small = doubling(12)
+    assert " where " in str(small)
+    head, bindings = str(small).split(" where ")
+    for binding in reversed(bindings.split(", ")):
+        name, body = binding.split(" = ")
+        head = head.replace(name, body)
+    monkeypatch.setattr(printing, "SHARED_TEXT_LIMIT", 10 ** 9)
+    assert head == str(small) == " + ".join(["tanh(x)"] * 2 ** 11)

@@ -2,8 +2,14 @@
 
 ``sqrt(z)`` prints as ``sqrt(z + eps)`` (for z ≥ 0 it is exactly √(z+ε); see :mod:`.primitives` for
 the sign-preserving definition); subexpressions built from ``zero`` alone print as their value.
+
+A subexpression used more than once is written out at each use, so text can double with every node of
+a graph that reuses its previous node (``add(n, n)``, again and again). One longer than
+``SHARED_TEXT_LIMIT`` characters and used more than once is printed once, by name:
+``n9 + n9 where n9 = ...``; formulas of search-space-sized genomes stay far below the limit.
 """
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from collections import Counter
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
 
@@ -13,6 +19,7 @@ if TYPE_CHECKING:
     from .genome import Genome
 
 ATOM, POWER, UNARY, PRODUCT, SUM = 5, 4, 3, 2, 1
+SHARED_TEXT_LIMIT = 1000
 _FUNCTIONS = {"sigmoid", "tanh", "exp", "log", "abs"}
 
 
@@ -87,6 +94,12 @@ def format_expression(genome: "Genome", node_id: int) -> str:
         # sigmoid, tanh, exp, log, abs and the aggregations print as calls
         return f"{op}({rendered[inputs[0]][0]})", ATOM
 
-    for used in sorted(genome.ancestors(node_id)):
-        rendered[used] = render(used)
-    return rendered[node_id][0]
+    used = sorted(genome.ancestors(node_id))
+    uses = Counter(i for j in used if j >= NUM_INITIAL_NODES for i in genome.nodes[j - NUM_INITIAL_NODES].inputs)
+    named: List[str] = []
+    for i in used:
+        rendered[i] = render(i)
+        if uses[i] > 1 and len(rendered[i][0]) > SHARED_TEXT_LIMIT and i != node_id:
+            named.append(f"n{i} = {rendered[i][0]}")
+            rendered[i] = (f"n{i}", ATOM)
+    return rendered[node_id][0] + (f" where {', '.join(named)}" if named else "")
