@@ -176,8 +176,8 @@ def _entry(name: str) -> LayerEntry:
     if entry is not None:
         return entry
     raise UnknownLayerError(
-        f"unknown layer {name!r}; {did_you_mean(name)}names are case-sensitive. Registered: {', '.join(sorted(_registry))}. "
-        f"Add evolved layers with register_layer(), load_genomes() or the {ENV_VAR} environment variable."
+        f"unknown layer {name!r}; {did_you_mean(name)}names are case-sensitive. "
+        f"Registered: {', '.join(sorted(_registry))}. Add evolved layers with register_layer(), load_genomes() or the {ENV_VAR} environment variable."
     )
 
 

@@ -219,8 +219,8 @@ class Genome:
             # Some of json's messages end in "at" ("Unterminated string starting at"): the position completes them.
             problem = error.msg.removesuffix(" at")
             raise GenomeError(f"{source} is not valid JSON: {problem} at line {error.lineno} column {error.colno}") from None
-        except ValueError as error:  # an integer with more digits than Python converts (sys.set_int_max_str_digits)
-            raise GenomeError(f"{source} holds a number too long to read: {str(error).split(';')[0]}") from None
+        except ValueError as error:  # e.g. an integer with more digits than Python converts (sys.set_int_max_str_digits)
+            raise GenomeError(f"{source} is not readable JSON: {str(error).split(';')[0]}") from None
         except RecursionError:  # json's parser recurses once per nesting level
             raise GenomeError(f"{source} is nested too deeply to be a genome (nodes are a flat list of objects)") from None
         return cls.from_dict(data, source)
