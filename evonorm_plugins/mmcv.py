@@ -210,6 +210,8 @@ class NormTypeLookup:
 
 
 class _CheckedRegistry:
+    """The registry ``switch_scope_and_registry`` yields, whose ``get`` raises on a miss instead of returning None."""
+
     def __init__(self, registry: Any) -> None:
         self.registry = registry
 

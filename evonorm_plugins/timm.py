@@ -49,12 +49,11 @@ def timm_key(name: str) -> str:
     return name.replace("_", "").lower().split("-")[0]
 
 
-class _NormActMap(Dict[str, Any]):
+class _NormActMap(dict):
     """timm's name → class map, whose misses name the problem and the close layer names."""
 
     def __missing__(self, key: str) -> Any:
-        ours = [k for k, cls in self.items() if cls in _mirrored]
-        timm_own = sorted(k for k in self if k not in ours)
+        timm_own = sorted(k for k, cls in self.items() if cls not in _mirrored)
         name = key[len(timm_key(NAMESPACE)):] if key.startswith(timm_key(NAMESPACE)) else key
         raise UnknownLayerError(
             f"unknown timm norm-act layer {key!r} (timm lower-cases names and drops '_'); "
