@@ -68,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (UnknownLayerError, GenomeError, FileNotFoundError, ValueError, ImportError) as error:
+    except (UnknownLayerError, GenomeError, OSError, ValueError, ImportError) as error:
         print(f"evonorm-plugins: error: {error}", file=sys.stderr)
         return 2
 

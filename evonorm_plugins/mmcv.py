@@ -39,6 +39,14 @@ itself. So ``dict(type="EvoNormS0")`` needs no group count (32 by default), and 
 ``num_groups`` is accepted here as an alias of ``groups``: a GN config such as
 ``dict(type="GN", num_groups=32, requires_grad=True)`` switches to EvoNorm by changing ``type`` only.
 
+*Unknown names.* For a ``type`` found nowhere, mmcv 2.x's ``build_norm_layer`` raises ``KeyError: 'Cannot
+find None in registry ...'``, naming neither the type nor a fix, and mmengine has no hook for misses.
+Hosts import ``build_norm_layer`` by name, so it cannot be wrapped either; what it looks up at each call is
+its module's global ``MODELS``. The import therefore puts there a :class:`NormTypeLookup`: the same
+registry, forwarding everything, except that a miss in ``build_norm_layer``'s lookup raises
+:class:`~evonorm_plugins.registry.UnknownLayerError` (a ``KeyError``, as before) in one line with the
+registry's "did you mean". mmcv 1.x's own message already names the type and is left alone.
+
 *Registration timing.* mmengine has no hook for unknown names, so lookups cannot be lazy without
 replacing its registry. The import registers what the evonorm_plugins registry holds at that moment,
 including the genomes named by the ``EVONORM_GENOMES`` environment variable (the way to use evolved
@@ -48,14 +56,15 @@ and calls are safe.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any, ClassVar, Dict, List, Type
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Type
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from .registry import add_registration_listener, get_layer_class, list_layers
+from .registry import UnknownLayerError, add_registration_listener, did_you_mean, get_layer_class, list_layers
 
 ABBREVIATION = "evonorm"
 
@@ -184,7 +193,56 @@ def _on_register(name: str, layer_class: Type[nn.Module]) -> None:
         warnings.warn(str(error), stacklevel=3)
 
 
+class NormTypeLookup:
+    """mmengine's ``MODELS`` as mmcv's ``build_norm_layer`` sees it: a norm type found nowhere is an
+    :class:`UnknownLayerError` naming it, with the close evonorm_plugins names (see the module docstring)."""
+
+    def __init__(self, models: Any) -> None:
+        self.models = models
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.models, attribute)
+
+    @contextlib.contextmanager
+    def switch_scope_and_registry(self, scope: Optional[str]) -> Iterator["_CheckedRegistry"]:
+        with self.models.switch_scope_and_registry(scope) as registry:
+            yield _CheckedRegistry(registry)
+
+
+class _CheckedRegistry:
+    """The registry ``switch_scope_and_registry`` yields, whose ``get`` raises on a miss instead of returning None."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.registry, attribute)
+
+    def get(self, key: str) -> Any:
+        found = self.registry.get(key)
+        if found is None:
+            _, name = self.registry.split_scope_key(key)
+            raise UnknownLayerError(
+                f"unknown norm_cfg type {key!r}: not registered in mmengine's MODELS (scope {self.registry.scope!r}); "
+                f"{did_you_mean(name)}evonorm_plugins layers: {', '.join(n for n in list_layers() if '.' not in n)}; "
+                f"mmcv's own norm types include BN, SyncBN, GN, LN, IN"
+            )
+        return found
+
+
+def _install_norm_type_lookup() -> None:
+    """Make mmcv 2.x's ``build_norm_layer`` look norm types up through a :class:`NormTypeLookup`."""
+    try:
+        from mmcv.cnn.bricks import norm
+        from mmengine.registry import Registry
+    except ImportError:  # mmcv 1.x, or mmengine without mmcv
+        return
+    if isinstance(getattr(norm, "MODELS", None), Registry):  # a lookup installed before a reload is kept
+        norm.MODELS = NormTypeLookup(norm.MODELS)
+
+
 register_all()
 add_registration_listener(_on_register)
+_install_norm_type_lookup()
 
-__all__ = ["ABBREVIATION", "LayerBuilder", "abbreviation", "register_all"]
+__all__ = ["ABBREVIATION", "LayerBuilder", "NormTypeLookup", "abbreviation", "register_all"]

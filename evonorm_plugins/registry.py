@@ -163,14 +163,26 @@ class LayerRegistry:
         entry = self._entries.get(name)
         if entry is not None:
             return entry
-        names = sorted(self._entries)
-        same_but_case = [n for n in names if n.lower() == str(name).lower()]
-        close = same_but_case or difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
         raise UnknownLayerError(
-            f"unknown layer {name!r}; {hint}names are case-sensitive. Registered: {', '.join(names)}. "
-            f"Add evolved layers with register_layer(), load_genomes() or the {ENV_VAR} environment variable."
+            f"unknown layer {name!r}; {self.did_you_mean(name)}names are case-sensitive. "
+            f"Registered: {', '.join(sorted(self._entries))}. Add evolved layers with register_layer(), "
+            f"load_genomes() or the {ENV_VAR} environment variable."
         )
+
+    def did_you_mean(self, name: str, normalize: Callable[[str], str] = str.lower, prefix: str = "") -> str:
+        """``"did you mean 'EvoNormS0'? "`` for the registered layers ``name`` may have meant, or ``""``.
+
+        Those equal to ``name`` once both are normalized (by default: case ignored) are suggested, else
+        up to three close spellings. The integrations pass their hosts' rule (timm lower-cases and drops
+        ``_``) and the ``prefix`` their users write before a name (``"evonorm_plugins."`` in timm).
+        """
+        candidates: Dict[str, List[str]] = {}
+        for registered in self.names():
+            candidates.setdefault(normalize(registered), []).append(registered)
+        key = normalize(str(name))
+        keys = [key] if key in candidates else difflib.get_close_matches(key, list(candidates), n=3, cutoff=0.6)
+        close = [prefix + registered for k in keys for registered in candidates[k]]
+        return f"did you mean {', '.join(map(repr, close))}? " if close else ""
 
     def get_class(self, name: str) -> Type[nn.Module]:
         """The class registered under ``name``."""
@@ -220,6 +232,7 @@ get_layer_class = REGISTRY.get_class
 get_layer = REGISTRY.get
 get_genome = REGISTRY.genome
 list_layers = REGISTRY.names
+did_you_mean = REGISTRY.did_you_mean
 
 
 def paper_genome(name: str) -> Genome:
@@ -240,6 +253,7 @@ __all__ = [
     "REGISTRY",
     "LayerRegistry",
     "add_registration_listener",
+    "did_you_mean",
     "LayerEntry",
     "UnknownLayerError",
     "get_genome",

@@ -20,7 +20,9 @@ override_timm_names=True)`` is the explicit opt-in that makes ``norm_layer="evon
 
 timm keeps these tables in private module attributes of ``timm.layers.create_norm_act``
 (``_NORM_ACT_MAP``, ``_NORM_ACT_TYPES``); :func:`register` checks that they have the expected form and
-raises a clear error otherwise.
+raises a clear error otherwise. It also puts the same entries in a ``dict`` subclass whose only
+difference is a missing name: timm indexes the map with the name it was given, and instead of its bare
+``KeyError: 'evonormplugins.evonorms9'`` the user reads one line with the registry's "did you mean".
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from typing import Any, Dict, List, MutableMapping, MutableSet, Set, Tuple, Type
 
 from torch import nn
 
-from .registry import add_registration_listener, get_layer_class, list_layers
+from .registry import UnknownLayerError, add_registration_listener, did_you_mean, get_layer_class, list_layers
 
 try:
     import timm
@@ -47,8 +49,22 @@ def timm_key(name: str) -> str:
     return name.replace("_", "").lower().split("-")[0]
 
 
+class _NormActMap(dict):
+    """timm's name → class map, whose misses name the problem and the close layer names."""
+
+    def __missing__(self, key: str) -> Any:
+        timm_own = sorted(k for k, cls in self.items() if cls not in _mirrored)
+        name = key[len(timm_key(NAMESPACE)):] if key.startswith(timm_key(NAMESPACE)) else key
+        raise UnknownLayerError(
+            f"unknown timm norm-act layer {key!r} (timm lower-cases names and drops '_'); "
+            f"{did_you_mean(name, normalize=timm_key, prefix=NAMESPACE)}evonorm_plugins layers are "
+            f"'{NAMESPACE}<Name>' with Name one of {', '.join(list_layers())}; timm's own are {', '.join(timm_own)}"
+        )
+
+
 def _timm_tables() -> Tuple[MutableMapping[str, Any], MutableSet[Any]]:
-    """timm's private name → class map and set of norm-act classes, after checking their form."""
+    """timm's private name → class map (made a :class:`_NormActMap` on first use) and set of norm-act
+    classes, after checking their form."""
     version = tuple(int(part) for part in timm.__version__.split(".")[:2] if part.isdigit())
     name_map = getattr(_timm_create_norm_act, "_NORM_ACT_MAP", None)
     types = getattr(_timm_create_norm_act, "_NORM_ACT_TYPES", None)
@@ -59,6 +75,9 @@ def _timm_tables() -> Tuple[MutableMapping[str, Any], MutableSet[Any]]:
             f"{timm.__version__} does not. Install a supported timm (pip install 'timm>=1.0') or pass the "
             f"layer class through a lambda: norm_layer=lambda c, **kw: EvoNormS0(c, **kw)"
         )
+    if type(name_map) is dict:  # a map made by an earlier import (or reload) of this module is kept
+        name_map = _NormActMap(name_map)
+        _timm_create_norm_act._NORM_ACT_MAP = name_map
     return name_map, types
 
 

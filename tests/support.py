@@ -14,6 +14,7 @@ ROOT = TESTS.parent  # the repository: configs/, benchmarks/
 B_LAYERS = {"B0": ep.EvoNormB0, "B1": ep.EvoNormB1, "B2": ep.EvoNormB2}
 S_LAYERS = {"S0": ep.EvoNormS0, "S1": ep.EvoNormS1, "S2": ep.EvoNormS2}
 ALL_LAYERS = {**B_LAYERS, **S_LAYERS}
+PAPER = ["EvoNormB0", "EvoNormB1", "EvoNormB2", "EvoNormS0", "EvoNormS1", "EvoNormS2"]
 
 
 def randomize_parameters(layer: torch.nn.Module, generator_seed: int = 1) -> None:

@@ -16,6 +16,7 @@ JSON form (``schema_version`` 1)::
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -28,10 +29,19 @@ SCHEMA_VERSION = 1
 X, ZERO, V0, V1 = range(NUM_INITIAL_NODES)
 _OPTIONAL_KEYS = {"schema_version", "name", "description", "no_act_output"}
 _REQUIRED_KEYS = {"nodes", "output"}
+_NODE_KEYS = {"id", "op", "inputs"}
 
 
 class GenomeError(ValueError):
     """A genome that is malformed: the message names the node (or key) and what is wrong."""
+
+
+def _unknown_keys(unknown: Iterable[str], allowed: Iterable[str]) -> str:
+    """``unknown key(s) ['inptus'] (did you mean 'inputs'?); allowed: [...]``."""
+    unknown, allowed = sorted(unknown), sorted(allowed)
+    close = [match for key in unknown for match in difflib.get_close_matches(key, allowed, n=1)]
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return f"unknown key(s) {unknown}{hint}; allowed: {allowed}"
 
 
 @dataclass(frozen=True)
@@ -155,7 +165,7 @@ class Genome:
         return "{\n" + ",\n".join(lines) + "\n}"
 
     def save(self, path: Union[str, Path]) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "genome") -> "Genome":
@@ -166,7 +176,7 @@ class Genome:
             raise GenomeError(f"{source}: missing key(s) {sorted(missing)}; a genome needs 'nodes' and 'output'")
         unknown = set(data) - _REQUIRED_KEYS - _OPTIONAL_KEYS
         if unknown:
-            raise GenomeError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_REQUIRED_KEYS | _OPTIONAL_KEYS)}")
+            raise GenomeError(f"{source}: {_unknown_keys(unknown, _REQUIRED_KEYS | _OPTIONAL_KEYS)}")
         version = data.get("schema_version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION:
             raise GenomeError(
@@ -178,8 +188,12 @@ class Genome:
         nodes = []
         for index, item in enumerate(data["nodes"]):
             node_id = NUM_INITIAL_NODES + index
+            if isinstance(item, Mapping) and set(item) - _NODE_KEYS:
+                raise GenomeError(f"{source}: node {node_id} has {_unknown_keys(set(item) - _NODE_KEYS, _NODE_KEYS)}")
             if not isinstance(item, Mapping) or "op" not in item or "inputs" not in item:
                 raise GenomeError(f"{source}: node {node_id} must be an object with 'op' and 'inputs', got {item!r}")
+            if not isinstance(item["op"], str):
+                raise GenomeError(f"{source}: node {node_id} 'op' must be an op name (a string), got {item['op']!r}")
             if "id" in item and item["id"] != node_id:
                 raise GenomeError(
                     f"{source}: node at position {index} has id {item['id']!r} but its id is {node_id} "
@@ -187,7 +201,10 @@ class Genome:
                 )
             if not isinstance(item["inputs"], list):
                 raise GenomeError(f"{source}: node {node_id} 'inputs' must be a list of node ids, got {item['inputs']!r}")
-            nodes.append(Node(str(item["op"]), tuple(item["inputs"])))
+            nodes.append(Node(item["op"], tuple(item["inputs"])))
+        for key in ("name", "description"):
+            if not isinstance(data.get(key, ""), str):
+                raise GenomeError(f"{source}: {key!r} must be a string, got {data[key]!r}")
         name = data.get("name")
         try:
             return cls(tuple(nodes), data["output"], data.get("no_act_output"), name, data.get("description"))
@@ -199,15 +216,33 @@ class Genome:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
-            raise GenomeError(f"{source} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+            # Some of json's messages end in "at" ("Unterminated string starting at"): the position completes them.
+            problem = error.msg.removesuffix(" at")
+            raise GenomeError(f"{source} is not valid JSON: {problem} at line {error.lineno} column {error.colno}") from None
+        except ValueError as error:  # e.g. an integer with more digits than Python converts (sys.set_int_max_str_digits)
+            raise GenomeError(f"{source} is not readable JSON: {str(error).split(';')[0]}") from None
+        except RecursionError:  # json's parser recurses once per nesting level
+            raise GenomeError(f"{source} is nested too deeply to be a genome (nodes are a flat list of objects)") from None
         return cls.from_dict(data, source)
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Genome":
+        """Read a genome JSON file (UTF-8, a byte-order mark allowed)."""
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"genome path {str(path)!r} is a folder; give the path to a .json genome file "
+                f"(load_genomes() registers every *.json in a folder)"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"genome file {str(path)!r} does not exist; give the path to a .json genome")
-        return cls.from_json(path.read_text(), source=str(path))
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise GenomeError(
+                f"{path} is not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}); a genome is a JSON file"
+            ) from None
+        return cls.from_json(text, source=str(path))
 
     # ------------------------------------------------------------------------- canonical form, hash
     def _digests(self) -> List[str]:
@@ -236,18 +271,28 @@ class Genome:
         new_id: Dict[str, int] = {d: i for i, d in enumerate(INITIAL_NODES)}
         nodes: List[Node] = []
 
-        def emit(node_id: int) -> int:
-            digest = digests[node_id]
-            if digest in new_id:
-                return new_id[digest]
-            node = self.nodes[node_id - NUM_INITIAL_NODES]
+        def operands(node: Node) -> List[int]:
             order = list(node.inputs)
             if PRIMITIVES[node.op].commutative:
                 order.sort(key=lambda i: (depths[i], digests[i]))
-            inputs = tuple(emit(i) for i in order)
-            nodes.append(Node(node.op, inputs))
-            new_id[digest] = NUM_INITIAL_NODES + len(nodes) - 1
-            return new_id[digest]
+            return order
+
+        def emit(root: int) -> int:
+            # Depth-first post-order with an explicit stack (genomes may be deeper than Python's
+            # recursion limit): a node is numbered after its operands, operands in canonical order.
+            stack = [(root, False)]
+            while stack:
+                node_id, operands_done = stack.pop()
+                if digests[node_id] in new_id:
+                    continue
+                node = self.nodes[node_id - NUM_INITIAL_NODES]
+                if operands_done:
+                    nodes.append(Node(node.op, tuple(new_id[digests[i]] for i in operands(node))))
+                    new_id[digests[node_id]] = NUM_INITIAL_NODES + len(nodes) - 1
+                else:
+                    stack.append((node_id, True))
+                    stack.extend((i, False) for i in reversed(operands(node)))
+            return new_id[digests[root]]
 
         output = emit(self.output)
         no_act = emit(self.no_act_output) if self.no_act_output is not None else None

@@ -2,8 +2,14 @@
 
 ``sqrt(z)`` prints as ``sqrt(z + eps)`` (for z ≥ 0 it is exactly √(z+ε); see :mod:`.primitives` for
 the sign-preserving definition); subexpressions built from ``zero`` alone print as their value.
+
+A subexpression used more than once is written out at each use, so text can double with every node of
+a graph that reuses its previous node (``add(n, n)``, again and again). One longer than
+``SHARED_TEXT_LIMIT`` characters and used more than once is printed once, by name:
+``n9 + n9 where n9 = ...``; formulas of search-space-sized genomes stay far below the limit.
 """
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from collections import Counter
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
 
@@ -13,6 +19,7 @@ if TYPE_CHECKING:
     from .genome import Genome
 
 ATOM, POWER, UNARY, PRODUCT, SUM = 5, 4, 3, 2, 1
+SHARED_TEXT_LIMIT = 1000
 _FUNCTIONS = {"sigmoid", "tanh", "exp", "log", "abs"}
 
 
@@ -40,7 +47,9 @@ def _format_number(value: float) -> Tuple[str, int]:
 
 def format_expression(genome: "Genome", node_id: int) -> str:
     constants = _constant_values(genome)
-    cache: Dict[int, Tuple[str, int]] = {}
+    # Text and precedence of each node, filled in id order: inputs are earlier nodes, so an operand's
+    # text is always ready and no recursion is needed, whatever the depth of the graph.
+    rendered: Dict[int, Tuple[str, int]] = {}
 
     def negated(node_id: int) -> Optional[int]:
         if node_id >= NUM_INITIAL_NODES and node_id not in constants:
@@ -50,20 +59,15 @@ def format_expression(genome: "Genome", node_id: int) -> str:
         return None
 
     def wrap(node_id: int, min_precedence: int) -> str:
-        text, precedence = render(node_id)
+        text, precedence = rendered[node_id]
         return f"({text})" if precedence < min_precedence else text
 
     def render(node_id: int) -> Tuple[str, int]:
-        if node_id in cache:
-            return cache[node_id]
         if node_id in constants and node_id != 1:
-            result = _format_number(constants[node_id])
-        elif node_id < NUM_INITIAL_NODES:
-            result = ("0" if node_id == 1 else INITIAL_NODES[node_id], ATOM)
-        else:
-            result = _render_op(node_id)
-        cache[node_id] = result
-        return result
+            return _format_number(constants[node_id])
+        if node_id < NUM_INITIAL_NODES:
+            return ("0" if node_id == 1 else INITIAL_NODES[node_id], ATOM)
+        return _render_op(node_id)
 
     def _render_op(node_id: int) -> Tuple[str, int]:
         node = genome.nodes[node_id - NUM_INITIAL_NODES]
@@ -86,8 +90,16 @@ def format_expression(genome: "Genome", node_id: int) -> str:
         if op == "sqrt":
             return f"sqrt({wrap(inputs[0], SUM)} + eps)", ATOM
         if op == "max":
-            return f"max({render(inputs[0])[0]}, {render(inputs[1])[0]})", ATOM
+            return f"max({rendered[inputs[0]][0]}, {rendered[inputs[1]][0]})", ATOM
         # sigmoid, tanh, exp, log, abs and the aggregations print as calls
-        return f"{op}({render(inputs[0])[0]})", ATOM
+        return f"{op}({rendered[inputs[0]][0]})", ATOM
 
-    return render(node_id)[0]
+    used = sorted(genome.ancestors(node_id))
+    uses = Counter(i for j in used if j >= NUM_INITIAL_NODES for i in genome.nodes[j - NUM_INITIAL_NODES].inputs)
+    named: List[str] = []
+    for i in used:
+        rendered[i] = render(i)
+        if uses[i] > 1 and len(rendered[i][0]) > SHARED_TEXT_LIMIT and i != node_id:
+            named.append(f"n{i} = {rendered[i][0]}")
+            rendered[i] = (f"n{i}", ATOM)
+    return rendered[node_id][0] + (f" where {', '.join(named)}" if named else "")

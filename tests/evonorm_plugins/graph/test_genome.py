@@ -3,12 +3,16 @@ import json
 import random
 
 import pytest
+from support import PAPER, random_genome
 
-from evonorm_plugins.graph import AGGREGATION_OPS, ELEMENTWISE_OPS, Genome, GenomeError, genome_from_ops
+from evonorm_plugins.graph import (
+    AGGREGATION_OPS,
+    ELEMENTWISE_OPS,
+    Genome,
+    GenomeError,
+    genome_from_ops,
+)
 from evonorm_plugins.registry import paper_genome
-from support import random_genome
-
-PAPER = ["EvoNormB0", "EvoNormB1", "EvoNormB2", "EvoNormS0", "EvoNormS1", "EvoNormS2"]
 
 
 def test_primitive_set_is_the_papers():
@@ -104,7 +108,12 @@ def _bad(data):
     (_bad({"nodes": [{"op": "abs", "inputs": [0]}], "output": 4, "no_act_output": 2}), r"no_act_output node 2 \(v0\) does not depend on x"),
     ({"schema_version": 2, "nodes": [], "output": 0}, r"schema_version 2 is not supported"),
     (_bad({"nodes": []}), r"missing key\(s\) \['output'\]"),
-    (_bad({"nodes": [], "output": 0, "outptu": 1}), r"unknown key\(s\) \['outptu'\]"),
+    (_bad({"nodes": [], "output": 0, "outptu": 1}), r"unknown key\(s\) \['outptu'\] \(did you mean 'output'\?\)"),
+    (_bad({"nodes": [{"op": "abs", "inputs": [0], "inptus": [1]}], "output": 4}),
+     r"node 4 has unknown key\(s\) \['inptus'\] \(did you mean 'inputs'\?\); allowed: \['id', 'inputs', 'op'\]$"),
+    (_bad({"nodes": [{"op": "abs", "inputs": [0], "weight": 2}], "output": 4}), r"node 4 has unknown key\(s\) \['weight'\]; allowed"),
+    (_bad({"nodes": [{"op": 5, "inputs": [0]}], "output": 4}), r"node 4 'op' must be an op name \(a string\), got 5"),
+    (_bad({"nodes": [{"op": "abs", "inputs": [0]}], "output": 4, "name": ["L"]}), r"'name' must be a string, got \['L'\]"),
     (_bad({"nodes": [{"op": "abs"}], "output": 4}), r"node 4 must be an object with 'op' and 'inputs'"),
     (_bad({"nodes": [{"id": 7, "op": "abs", "inputs": [0]}], "output": 4}), r"has id 7 but its id is 4"),
     (_bad({"nodes": [{"op": "abs", "inputs": ["x"]}], "output": 4}), r"node 4 \(abs\) has input 'x'; inputs are node ids"),
@@ -122,7 +131,46 @@ def test_malformed_json_and_missing_file(tmp_path):
         Genome.load(bad)
     with pytest.raises(FileNotFoundError, match=r"genome file '.*missing.json' does not exist"):
         Genome.load(tmp_path / "missing.json")
+    with pytest.raises(IsADirectoryError, match=r"genome path '.*' is a folder; give the path to a .json genome file"):
+        Genome.load(tmp_path)
     # the error names the file for errors found after parsing too
     bad.write_text(json.dumps({"name": "L", "nodes": [{"op": "nope", "inputs": [0]}], "output": 4}))
     with pytest.raises(GenomeError, match=r"bad.json: genome 'L': node 4 has unknown op 'nope'"):
         Genome.load(bad)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"name": "L', r"Unterminated string starting at line 1 column 10$"),
+    ('{"name": "a\tb"}', r"Invalid control character at line 1 column 12$"),
+    ('{"nodes": [],}', r"Illegal trailing comma before end of object at line 1 column 13$|Expecting property name enclosed in double quotes at line 1 column 14$"),
+    ('{}\n{}', r"Extra data at line 2 column 1$"),
+])
+def test_json_errors_read_as_one_sentence(text, message, tmp_path):
+    path = tmp_path / "g.json"
+    path.write_text(text)
+    with pytest.raises(GenomeError, match=r"^.*g\.json is not valid JSON: " + message) as error:
+        Genome.load(path)
+    assert " at at " not in str(error.value) and "\n" not in str(error.value)
+
+
+def test_unreadable_files_are_genome_errors(tmp_path):
+    path = tmp_path / "g.json"
+    path.write_text("[" * 100_000)
+    with pytest.raises(GenomeError, match=r"g\.json is nested too deeply to be a genome"):
+        Genome.load(path)
+    path.write_text('{"nodes": [], "output": ' + "9" * 5000 + "}")
+    with pytest.raises(GenomeError, match=r"g\.json is not readable JSON: Exceeds the limit \(4300 digits\) for integer string conversion"):
+        Genome.load(path)
+    path.write_bytes(b'{"name": "\xff"}')
+    with pytest.raises(GenomeError, match=r"g\.json is not UTF-8 text \(byte 10 is 0xff\)"):
+        Genome.load(path)
+    genome = paper_genome("EvoNormS0")
+    path.write_bytes(b"\xef\xbb\xbf" + genome.to_json().encode())  # a byte-order mark, as some editors write
+    assert Genome.load(path) == genome
+
+
+def test_show_names_a_folder_as_a_folder(tmp_path, capsys):
+    from evonorm_plugins.cli import main
+
+    assert main(["show", str(tmp_path)]) == 2
+    assert "is a folder; give the path to a .json genome file" in capsys.readouterr().err

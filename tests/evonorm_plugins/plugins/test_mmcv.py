@@ -172,6 +172,27 @@ def test_reimport_and_register_all_are_idempotent(clean_registries):
     assert build_norm_layer(dict(type="EvolvedTanh"), 4)[1].genome.hash() == replacement.hash()
 
 
+def test_unknown_norm_type_is_one_line_with_did_you_mean():
+    # mmcv's own message was "Cannot find None in registry under scope name mmengine"
+    message = (r"^unknown norm_cfg type 'EvoNormSO': not registered in mmengine's MODELS \(scope 'mmengine'\); did you "
+               r"mean .*'EvoNormS0'.*\? evonorm_plugins layers: .*EvoNormB0.*; mmcv's own norm types include BN")
+    with pytest.raises(ep.UnknownLayerError, match=message) as error:
+        build_norm_layer(dict(type="EvoNormSO"), 8)
+    assert isinstance(error.value, KeyError) and "\n" not in str(error.value)
+    with pytest.raises(KeyError, match=r"unknown norm_cfg type 'evonorm_s0'.*did you mean .*'EvoNormS0'.*\?"):
+        ConvModule(3, 8, 3, norm_cfg=dict(type="evonorm_s0"))
+    assert build_norm_layer(dict(type="GN", num_groups=2), 8)[0] == "gn"  # found types are untouched
+
+
+def test_reimport_keeps_one_norm_type_lookup(clean_registries):
+    from mmcv.cnn.bricks import norm
+
+    importlib.reload(plugin)
+    assert type(norm.MODELS).__name__ == "NormTypeLookup" and norm.MODELS.models is MODELS
+    with pytest.raises(KeyError, match=r"did you mean .*'EvoNormB0'.*\?"):
+        build_norm_layer(dict(type="EvoNormB9"), 8)
+
+
 def test_foreign_entry_with_the_same_name_is_an_error(clean_registries):
     MODELS.register_module(name="EvolvedTanh", module=torch.nn.Identity)
     message = r"'EvolvedTanh' is already registered in the 'model' registry by torch\.nn\.modules\.linear\.Identity"

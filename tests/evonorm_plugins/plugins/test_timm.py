@@ -109,3 +109,17 @@ def test_unsupported_timm_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(timm, "__version__", "0.6.13")
     with pytest.raises(RuntimeError, match=r"supports timm >= 0.9 .* timm 0.6.13 does not.*pip install 'timm>=1.0'"):
         ept.register()
+
+
+def test_unknown_name_is_one_line_with_did_you_mean(evolved):
+    # timm used to raise a bare KeyError: 'evonormplugins.evonorms9'
+    with pytest.raises(ep.UnknownLayerError, match=r"^unknown timm norm-act layer 'evonormplugins.evonorms9' \(timm lower-cases "
+                       r"names and drops '_'\); did you mean .*'evonorm_plugins.EvoNormS0'.*\? evonorm_plugins layers are "
+                       r"'evonorm_plugins.<Name>' with Name one of .*; timm's own are .*evonorms0") as error:
+        timm.create_model("resnetv2_18", norm_layer="evonorm_plugins.EvoNormS9")
+    assert isinstance(error.value, KeyError) and "\n" not in str(error.value)
+    with pytest.raises(KeyError, match=r"did you mean 'evonorm_plugins.evolved_tanh'\?"):
+        create_norm_act_layer("evolved_tahn", 8)
+    with pytest.raises(KeyError, match=r"^unknown timm norm-act layer 'nolayer' \(.*\); evonorm_plugins layers are"):
+        get_norm_act_layer("no_layer")
+    assert get_norm_act_layer("evonorm_plugins.EvoNormS0") is ep.EvoNormS0  # known names unchanged
