@@ -1,7 +1,6 @@
 """The layer benchmark's measurements (not its timings): saved-bytes accounting, ratios, table and CSV."""
 import csv
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,5 +1,4 @@
 """`evonorm-search run | resume | top | export | plot | rerank` on the smoke setting (synthetic data, seconds)."""
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """The controller: dedupe, record, resume after a crash (a real process killed with SIGKILL), and the
 evaluator's protocols on the smoke proxy task."""
-import os
 import signal
 import subprocess
 import sys

@@ -4,7 +4,6 @@ training iterations plus inference of each config on a tiny synthetic COCO datas
 detectron2 is installed (it is not on PyPI; see the README)."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

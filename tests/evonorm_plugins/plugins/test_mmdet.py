@@ -1,6 +1,5 @@
 """The mmdet blocks and the EvoNorm Mask R-CNN configs: structure, parity with mmdet's GN/BN blocks, one
 training step on synthetic data. Skipped unless mmdet 3.x and the full mmcv (compiled ops) are installed."""
-from pathlib import Path
 
 import pytest
 import torch
