@@ -13,6 +13,7 @@ from support import ROOT
 
 pytest.importorskip("detectron2", reason="detectron2 is not installed (build it from source, see the README)")
 
+import evonorm_plugins as ep  # noqa: E402
 import evonorm_plugins.detectron2 as plugin  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import LazyCall as L  # noqa: E402
@@ -93,9 +94,9 @@ def test_every_registry_name_is_a_norm_everywhere_detectron2_binds_get_norm():
     for module_name in plugin.REBOUND_MODULES:
         get_norm = sys.modules[module_name].get_norm
         assert get_norm is plugin.get_norm, module_name
-    for name in plugin.list_layers():
+    for name in ep.list_layers():
         layer = plugin.get_norm(name, 64)
-        assert type(layer) is plugin.get_layer_class(name)
+        assert type(layer) is ep.get_layer_class(name)
 
 
 def test_builtin_norms_and_callables_are_unchanged():
