@@ -13,6 +13,7 @@ rebuilds the population), and candidates left pending by a crash are dispatched 
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -54,8 +55,11 @@ class Controller:
         stored = self.store.get_meta("config")
         if config is None and stored is None:
             raise ValueError(f"{store_path} holds no search to resume; start one with a config")
-        if config is not None and stored is not None and config.to_dict() != stored:
-            raise ValueError(f"{store_path} holds a search with another config; resume it without a config, or use a new store")
+        if config is not None and stored is not None:
+            differing = _differing_keys(json.loads(json.dumps(config.to_dict())), stored)  # tuples read back as lists
+            if differing:
+                raise ValueError(f"{store_path} holds a search with another config (differing: {', '.join(differing)}); "
+                                 f"resume it without a config, or use a new store")
         self.config = config or SearchConfig.from_dict(stored)
         if stored is None:
             self.store.set_meta("config", self.config.to_dict())
@@ -190,3 +194,11 @@ class Controller:
 
 def _scores_text(scores) -> str:
     return "(" + ", ".join(f"{s:.3f}" for s in scores or ()) + ")"
+
+
+def _differing_keys(new: object, old: object, prefix: str = "") -> List[str]:
+    """Dotted paths where two plain configs differ (``evaluation.train_steps``, ``budget``, ...)."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        return [path for key in sorted(set(new) | set(old), key=str)
+                for path in _differing_keys(new.get(key), old.get(key), f"{prefix}{key}.")]
+    return [] if new == old else [prefix.rstrip(".") or "(the whole config)"]

@@ -1,6 +1,7 @@
 """Imports flow one way: the library <- its plugins <- the search and BigGAN (contracts in pyproject.toml's
 ``[tool.importlinter]``, checked with import-linter)."""
 from importlinter.cli import lint_imports
+
 from support import ROOT
 
 

@@ -14,11 +14,6 @@ from support import ROOT
 pytest.importorskip("pytorch_lightning")
 pytest.importorskip("torchvision")
 import pytorch_lightning as pl  # noqa: E402
-from evonorm_biggan.callbacks import SampleGrid  # noqa: E402
-from evonorm_biggan.data import CIFAR10DataModule, ImageFolderDataModule  # noqa: E402
-from evonorm_biggan.ema import ema_update, standing_stats  # noqa: E402
-from evonorm_biggan.model import sn_linear_no_bias  # noqa: E402
-from evonorm_biggan.module import BigGANModule  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import evonorm_plugins as ep  # noqa: E402
@@ -29,6 +24,11 @@ from evonorm_biggan import (  # noqa: E402
     count_parameters,
     truncated_z,
 )
+from evonorm_biggan.callbacks import SampleGrid  # noqa: E402
+from evonorm_biggan.data import CIFAR10DataModule, ImageFolderDataModule  # noqa: E402
+from evonorm_biggan.ema import ema_update, standing_stats  # noqa: E402
+from evonorm_biggan.model import sn_linear_no_bias  # noqa: E402
+from evonorm_biggan.module import BigGANModule  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "biggan"
 GENOME_LAYER = "BigGANTestGenomeB0"  # an "evolved" layer: EvoNorm-B0's genome run by GraphNormAct
@@ -282,6 +282,7 @@ def test_inception_metrics_with_local_weights(tmp_path):
     from unittest import mock
 
     import torch_fidelity.feature_extractor_inceptionv3 as fe
+
     from evonorm_biggan.metrics import InceptionMetrics
 
     with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \

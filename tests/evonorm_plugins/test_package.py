@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import evonorm_plugins
+
 from support import ROOT
 
 HEAVY = ["timm", "detectron2", "mmcv", "mmengine", "lightning", "pytorch_lightning", "ray", "torchvision"]

@@ -8,12 +8,11 @@ from support import ROOT
 
 pytest.importorskip("pytorch_lightning")
 
+import evonorm_plugins as ep  # noqa: E402
+from evonorm_plugins import registry  # noqa: E402
 from evonorm_search.cli import main  # noqa: E402
 from evonorm_search.rerank import RerankSettings  # noqa: E402
 from evonorm_search.store import SearchStore  # noqa: E402
-
-import evonorm_plugins as ep  # noqa: E402
-from evonorm_plugins import registry  # noqa: E402
 
 SMOKE = ROOT / "configs" / "search" / "smoke.yaml"
 

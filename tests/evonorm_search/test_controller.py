@@ -7,6 +7,8 @@ import textwrap
 import time
 
 import pytest
+
+from evonorm_plugins.graph import genome_from_ops
 from evonorm_plugins.registry import paper_genome
 from evonorm_search.config import SearchConfig
 from evonorm_search.controller import Controller
@@ -15,7 +17,6 @@ from evonorm_search.proxy import ArchitectureConfig
 from evonorm_search.space import SearchSpace
 from evonorm_search.store import SearchStore
 
-from evonorm_plugins.graph import genome_from_ops
 from search_tasks import fake_evaluate
 from support import TESTS
 
@@ -54,8 +55,11 @@ def test_duplicates_reuse_scores_without_evaluating(tmp_path):
 
 def test_config_mismatch_and_missing_search(tmp_path):
     Controller(tmp_path / "s.sqlite", config(3), fake_evaluate).run()
-    with pytest.raises(ValueError, match=r"holds a search with another config"):
+    with pytest.raises(ValueError, match=r"holds a search with another config \(differing: budget\)"):
         Controller(tmp_path / "s.sqlite", config(5), fake_evaluate)
+    # the same config again (its tuples stored as JSON lists) continues the search: nothing left to do
+    again = Controller(tmp_path / "s.sqlite", config(3), fake_evaluate).run()
+    assert again.finished_count() == 3
     with pytest.raises(ValueError, match=r"holds no search to resume"):
         Controller(tmp_path / "empty.sqlite")
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from evonorm_search.config import SearchConfig
 from evonorm_search.controller import Controller
 from evonorm_search.execution import (

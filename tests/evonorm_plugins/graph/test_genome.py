@@ -3,7 +3,6 @@ import json
 import random
 
 import pytest
-from support import PAPER, random_genome
 
 from evonorm_plugins.graph import (
     AGGREGATION_OPS,
@@ -13,6 +12,8 @@ from evonorm_plugins.graph import (
     genome_from_ops,
 )
 from evonorm_plugins.registry import paper_genome
+
+from support import PAPER, random_genome
 
 
 def test_primitive_set_is_the_papers():

@@ -12,10 +12,11 @@ import random
 from typing import Any, List, Tuple
 
 import pytest
-from support import PAPER, random_genome
 
 from evonorm_plugins.graph import PRIMITIVES, Genome, GenomeError
 from evonorm_plugins.registry import paper_genome
+
+from support import PAPER, random_genome
 
 CASES_PER_SEED = 400
 KEYS = ["schema_version", "name", "description", "nodes", "output", "no_act_output", "id", "op", "inputs",

@@ -3,12 +3,13 @@ import random
 
 import pytest
 import torch
-from support import ALL_LAYERS, random_genome, randomize_parameters
 
 import evonorm_plugins as ep
 from evonorm_plugins.graph import PRIMITIVES, GraphNormAct, genome_from_ops
 from evonorm_plugins.graph.primitives import elementwise
 from evonorm_plugins.registry import paper_genome
+
+from support import ALL_LAYERS, random_genome, randomize_parameters
 
 
 def _graph_twin(name, hand, **kwargs):

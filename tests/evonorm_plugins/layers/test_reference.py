@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import evonorm_plugins as ep
-import reference as ref
 from evonorm_plugins import functional as F
+
+import reference as ref
 from support import ALL_LAYERS, B_LAYERS, S_LAYERS, randomize_parameters
 
 

@@ -1,9 +1,10 @@
 """Groups rule and bad input: each error names the bad value and the fix."""
 import pytest
 import torch
-from evonorm_plugins.functional import evonorm_s0, resolve_groups
 
 import evonorm_plugins as ep
+from evonorm_plugins.functional import evonorm_s0, resolve_groups
+
 from support import ALL_LAYERS, S_LAYERS
 
 

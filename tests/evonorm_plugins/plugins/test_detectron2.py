@@ -13,8 +13,6 @@ from support import ROOT
 
 pytest.importorskip("detectron2", reason="detectron2 is not installed (build it from source, see the README)")
 
-import evonorm_plugins as ep  # noqa: E402
-import evonorm_plugins.detectron2 as plugin  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import LazyCall as L  # noqa: E402
 from detectron2.config import get_cfg, instantiate  # noqa: E402
@@ -31,10 +29,11 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool  # noqa: E402
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead  # noqa: E402
 from detectron2.structures import Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
-from evonorm_plugins.registry import register_layer, unregister_layer  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
+import evonorm_plugins as ep  # noqa: E402
+import evonorm_plugins.detectron2 as plugin  # noqa: E402
 from evonorm_plugins import (  # noqa: E402
     EvoNormB0,
     EvoNormBase,
@@ -42,6 +41,7 @@ from evonorm_plugins import (  # noqa: E402
     GroupNormReLU,
     paper_genome,
 )
+from evonorm_plugins.registry import register_layer, unregister_layer  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "detectron2"
 CONFIG_FILES = {
