@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -71,8 +72,9 @@ def test_kill_9_mid_run_loses_and_repeats_nothing(tmp_path):
     log = tmp_path / "evaluated.log"
     script = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(TESTS)!r})
-        from test_search_controller import config, fake_evaluate
+        sys.path[:0] = [{str(TESTS)!r}, {str(Path(__file__).parent)!r}]
+        from search_tasks import fake_evaluate
+        from test_controller import config
         from evonorm_search.controller import Controller
 
         def slow(genome, cfg):
