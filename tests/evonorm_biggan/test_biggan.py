@@ -296,6 +296,7 @@ def test_inception_metrics_with_local_weights(tmp_path):
     assert set(result) == {"fid", "is_mean", "is_std"} and torch.isfinite(result["fid"])
 
 
+@pytest.mark.slow
 def test_cli_fit_with_the_smoke_config(tmp_path):
     from evonorm_biggan.cli import main
 
@@ -335,6 +336,7 @@ def test_configs_parse_and_the_pair_differs_only_in_layer():
     assert yaml.safe_load((CONFIGS / "imagenet128_bn_relu.yaml").read_text())["data"]["init_args"]["batch_size"] == 2 * 8 * 256
 
 
+@pytest.mark.slow
 def test_biggan_package_does_not_import_lightning():
     code = "import sys, evonorm_biggan; print([m for m in ('pytorch_lightning', 'lightning', 'torchvision') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

@@ -62,6 +62,7 @@ def test_dot_and_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_console_script_module_entry():
     done = subprocess.run([sys.executable, "-m", "evonorm_plugins", "list"], capture_output=True, text=True, check=True)
     assert "EvoNormS0" in done.stdout

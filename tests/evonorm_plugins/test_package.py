@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import evonorm_plugins
 
 from support import ROOT
@@ -9,6 +11,7 @@ from support import ROOT
 HEAVY = ["timm", "detectron2", "mmcv", "mmengine", "lightning", "pytorch_lightning", "ray", "torchvision"]
 
 
+@pytest.mark.slow
 def test_import_loads_no_framework():
     code = (
         "import sys, evonorm_plugins, evonorm_plugins.functional\n"

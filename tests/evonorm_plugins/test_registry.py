@@ -82,6 +82,7 @@ def test_load_file_and_folder(tmp_path, clean_registry):
         ep.load_genomes(folder)
 
 
+@pytest.mark.slow
 def test_environment_variable_makes_a_dropped_file_usable_by_name(tmp_path):
     """A fresh interpreter, as a config-driven job would be: no code registers the layer."""
     folder = tmp_path / "genomes"

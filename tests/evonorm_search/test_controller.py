@@ -65,6 +65,7 @@ def test_config_mismatch_and_missing_search(tmp_path):
         Controller(tmp_path / "empty.sqlite")
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_loses_and_repeats_nothing(tmp_path):
     """A real controller process is killed with SIGKILL mid-run; resuming finishes the budget, every
     evaluation finished before the kill is kept and none of them is evaluated again."""

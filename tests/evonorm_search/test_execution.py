@@ -93,6 +93,7 @@ def test_process_pool_keeps_two_in_flight_and_never_evaluates_a_duplicate_twice(
     assert len(evaluated) == sum(1 for row in rows if row[3] != "duplicate")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_costs_one_retry(tmp_path, pool):
     pool.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
     pool.submit(2, search_tasks.echo, 7.0)
@@ -101,6 +102,7 @@ def test_a_killed_worker_costs_one_retry(tmp_path, pool):
     assert results[2].scores == (7.0,)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_without_retries_is_an_error_and_its_replacement_serves_on(tmp_path, strict_pool):
     strict_pool.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
     outcome = collect(strict_pool, 1, results=kill_first_attempt(tmp_path, strict_pool))[1]
@@ -137,11 +139,13 @@ def ray_executor(**settings):
     return create_executor(ExecutorConfig(backend="ray", **settings))
 
 
+@pytest.mark.slow
 def test_ray_runs_the_same_search_as_local(tmp_path, ray_cluster):
     local = run_search(tmp_path / "local.sqlite", InlineExecutor())
     assert run_search(tmp_path / "ray.sqlite", ray_executor(), in_flight=1) == local
 
 
+@pytest.mark.slow
 def test_ray_keeps_its_workers_busy_and_loses_nothing(tmp_path, ray_cluster):
     executor = ray_executor()
     assert executor.capacity == 2
@@ -149,12 +153,14 @@ def test_ray_keeps_its_workers_busy_and_loses_nothing(tmp_path, ray_cluster):
     assert len(rows) == 60 and {row[2] for row in rows} <= {"done", "rejected"}
 
 
+@pytest.mark.slow
 def test_a_killed_ray_worker_costs_one_retry(tmp_path, ray_cluster):
     executor = ray_executor(max_retries=1)
     executor.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
     assert collect(executor, 1, results=kill_first_attempt(tmp_path, executor))[1].scores == (1.0,)
 
 
+@pytest.mark.slow
 def test_a_ray_worker_killed_without_retries_and_a_raising_task_are_errors(tmp_path, ray_cluster):
     executor = ray_executor(max_retries=0)
     executor.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
@@ -165,6 +171,7 @@ def test_a_ray_worker_killed_without_retries_and_a_raising_task_are_errors(tmp_p
     assert collect(executor, 1)[2].reason == "RuntimeError: boom"
 
 
+@pytest.mark.slow
 def test_a_hung_ray_task_times_out(ray_cluster):
     executor = ray_executor(time_limit=5.0)  # counts from submission: a slow worker start only delays it
     executor.submit(1, search_tasks.hang, 300.0)

@@ -224,6 +224,7 @@ def test_missing_mmengine_names_the_install_command(monkeypatch):
         importlib.import_module("evonorm_plugins.mmcv")
 
 
+@pytest.mark.slow
 def test_config_custom_imports_in_a_fresh_process(tmp_path):
     genome_file = tmp_path / "evolved_tanh.json"
     EVOLVED.save(genome_file)
