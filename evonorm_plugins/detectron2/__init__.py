@@ -17,9 +17,12 @@ does not know is looked up in the registry, at call time, so layers registered l
 
 **Placement.** A name in detectron2's own ResNet, FPN and heads builds the activating layer, but those
 modules apply their own ReLU after each norm (a double activation) and have norms that no ReLU follows
-(which should not activate). The blocks here, registered in detectron2's registries, put the layer
-where a norm + ReLU pair was and its non-activating form (``apply_act=False``) where a norm had no
-ReLU; the ReLU after each residual sum stays, as it follows a sum, not a norm:
+(which should not activate). So ``build_model`` is wrapped (and rebound like ``get_norm``) to place
+the layers the paper's way in detectron2's stock models (:func:`place_evonorms`): the layer where a
+norm + ReLU pair was and its non-activating form (``apply_act=False``) where a norm had no ReLU; the
+ReLU after each residual sum stays, as it follows a sum, not a norm. Changing only ``NORM`` in a
+detectron2 config is enough. The same placement is also available as explicit blocks, registered in
+detectron2's registries:
 
 ``build_evonorm_resnet_backbone``, ``build_evonorm_resnet_fpn_backbone`` (``BACKBONE_REGISTRY``)
     detectron2's ResNet (+ FPN) from :class:`EvoNormBasicStem`, :class:`EvoNormBasicBlock` and
@@ -36,7 +39,8 @@ and ``FREEZE_AT`` freezes their parameters and running statistics. See the repos
 
 The package mirrors detectron2's own layout: :mod:`.norm` (``get_norm`` with registry names, the norm
 factory), :mod:`.backbone` (ResNet blocks and backbones, FPN), :mod:`.roi_heads` (box and mask heads),
-:mod:`.solver` (optimizer) and :mod:`.train_net` (the ``evonorm-d2-train`` command).
+:mod:`.placement` (detectron2's stock models placed right when only ``NORM`` names a registry
+layer), :mod:`.solver` (optimizer) and :mod:`.train_net` (the ``evonorm-d2-train`` command).
 """
 try:
     import detectron2  # noqa: F401
@@ -56,6 +60,7 @@ from .backbone import (
     fpn_norm,
 )
 from .norm import REBOUND_MODULES, EvoNormFactory, NormSpec, evonorm_factory, get_norm, is_norm_layer
+from .placement import REBOUND_BUILD_MODEL, build_model, place_evonorms
 from .roi_heads import EvoNormFastRCNNConvFCHead, EvoNormMaskRCNNConvUpsampleHead
 from .solver import build_evonorm_optimizer, get_evonorm_optimizer_params
 
@@ -67,8 +72,10 @@ __all__ = [
     "EvoNormFastRCNNConvFCHead",
     "EvoNormMaskRCNNConvUpsampleHead",
     "NormSpec",
+    "REBOUND_BUILD_MODEL",
     "REBOUND_MODULES",
     "build_evonorm_optimizer",
+    "build_model",
     "build_evonorm_resnet_backbone",
     "build_evonorm_resnet_fpn_backbone",
     "evonorm_factory",
@@ -76,4 +83,5 @@ __all__ = [
     "get_evonorm_optimizer_params",
     "get_norm",
     "is_norm_layer",
+    "place_evonorms",
 ]

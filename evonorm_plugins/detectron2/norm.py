@@ -63,8 +63,8 @@ def get_norm(norm: Any, out_channels: int) -> Optional[nn.Module]:
     )
 
 
-def _rebind_get_norm() -> List[str]:
-    """Point every loaded module attribute that holds detectron2's ``get_norm`` at :func:`get_norm`.
+def rebind(attribute: str, original: Any, replacement: Any) -> List[str]:
+    """Point every loaded module's ``attribute`` that holds ``original`` at ``replacement``.
 
     Returns the names of the modules rebound. Modules are matched by the identity of the attribute's
     value (read from the module's ``__dict__``, so no lazy ``__getattr__`` runs).
@@ -72,13 +72,13 @@ def _rebind_get_norm() -> List[str]:
     rebound = []
     for name, module in list(sys.modules.items()):
         namespace = getattr(module, "__dict__", None)
-        if isinstance(namespace, dict) and namespace.get("get_norm") is _detectron2_get_norm:
-            namespace["get_norm"] = get_norm
+        if isinstance(namespace, dict) and namespace.get(attribute) is original:
+            namespace[attribute] = replacement
             rebound.append(name)
     return rebound
 
 
-REBOUND_MODULES: Tuple[str, ...] = tuple(_rebind_get_norm())
+REBOUND_MODULES: Tuple[str, ...] = tuple(rebind("get_norm", _detectron2_get_norm, get_norm))
 
 
 def _norm_layer_classes() -> Tuple[Type[nn.Module], ...]:

@@ -9,7 +9,9 @@ optimizer gives EvoNorm parameters ``SOLVER.WEIGHT_DECAY_NORM``. ``train_net.py`
 detectron2's sources, not its package, so this module carries the equivalent ``main``.
 
 Run it as ``evonorm-d2-train --config-file configs/detectron2/scratch_mask_rcnn_R_50_FPN_3x_evonorm_s0.yaml``
-or ``python -m evonorm_plugins.detectron2.train_net ...``. Python (LazyConfig) configs that use the
+or ``python -m evonorm_plugins.detectron2.train_net ...``. ``--dataset NAME=ANNOTATIONS.json:IMAGE_DIR``
+(repeatable) registers a COCO-format dataset to name in ``DATASETS.TRAIN`` / ``DATASETS.TEST``, so
+your own data needs no code. Python (LazyConfig) configs that use the
 plugin's callables import it themselves and train with detectron2's ``tools/lazyconfig_train_net.py``.
 """
 from __future__ import annotations
@@ -18,14 +20,15 @@ import argparse
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .solver import build_evonorm_optimizer
 
 import detectron2.utils.comm as comm  # after the plugin, which explains a missing detectron2
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
@@ -94,6 +97,33 @@ class Trainer(DefaultTrainer):
         return OrderedDict((name + "_TTA", value) for name, value in results.items())
 
 
+def parse_dataset(spec: str) -> Tuple[str, str, str]:
+    """``NAME=ANNOTATIONS.json:IMAGE_DIR`` as (name, annotations file, image folder), checked."""
+    name, _, rest = spec.partition("=")
+    json_file, found, image_dir = rest.partition(".json:")
+    json_file += ".json"
+    problem = (
+        "it is not NAME=ANNOTATIONS.json:IMAGE_DIR" if not (name and found and image_dir)
+        else f"{json_file} is not a file" if not os.path.isfile(json_file)
+        else f"{image_dir} is not a folder" if not os.path.isdir(image_dir)
+        else ""
+    )
+    if problem:
+        raise ValueError(f"--dataset {spec!r}: {problem}; give e.g. --dataset mine_train=annotations/train.json:images/train")
+    return name, json_file, image_dir
+
+
+def register_datasets(specs: List[str]) -> List[str]:
+    """Register each ``--dataset NAME=JSON:IMAGE_DIR`` as a COCO-format instance set (boxes, masks,
+    COCO evaluation), once per process; returns the names, for ``DATASETS.TRAIN`` / ``DATASETS.TEST``."""
+    names = []
+    for name, json_file, image_dir in map(parse_dataset, specs):
+        if name not in DatasetCatalog.list():
+            register_coco_instances(name, {}, json_file, image_dir)
+        names.append(name)
+    return names
+
+
 def setup(args: argparse.Namespace) -> CfgNode:
     """The frozen config from ``--config-file`` and the ``KEY VALUE`` overrides, plus detectron2's
     logging / output-folder setup."""
@@ -107,6 +137,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     """Train (or with ``--eval-only`` evaluate) one process's share, as ``train_net.py``'s ``main``."""
+    register_datasets(args.dataset)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -125,8 +156,18 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def cli(argv: Optional[List[str]] = None) -> None:
-    """Parse ``train_net.py``'s flags and launch :func:`main` on every GPU / machine."""
-    args = default_argument_parser().parse_args(argv)
+    """Parse ``train_net.py``'s flags (and ``--dataset``) and launch :func:`main` on every GPU / machine."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--dataset", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
+        help="register a COCO-format dataset under NAME (repeatable); use NAME in DATASETS.TRAIN / DATASETS.TEST",
+    )
+    args = parser.parse_args(argv)
+    try:
+        for spec in args.dataset:
+            parse_dataset(spec)
+    except ValueError as error:
+        parser.error(str(error))
     launch(
         main,
         args.num_gpus,

@@ -119,18 +119,77 @@ def test_a_layer_registered_later_is_a_norm_too():
         unregister_layer("EvolvedForD2Test")
 
 
-def test_names_reach_detectron2s_own_modules():
-    """detectron2's builders take the names (the activating form: their own ReLUs stay)."""
-    cfg = load_cfg("gn", **{"MODEL.RESNETS.NORM": "EvoNormS0", "MODEL.FPN.NORM": "EvoNormS0",
-                            "MODEL.ROI_BOX_HEAD.NORM": "EvoNormS0", "MODEL.ROI_MASK_HEAD.NORM": "EvoNormS0"})
-    model = build_model(cfg)
+NORM_ONLY = {f"MODEL.{key}.NORM": "EvoNormS0" for key in ("RESNETS", "FPN", "ROI_BOX_HEAD", "ROI_MASK_HEAD")}
+
+
+def test_changing_only_norm_in_detectron2s_gn_config_places_the_layers_the_papers_way():
+    """detectron2's own GN scratch config with only the NORM keys changed: stock builders, and no
+    activation on any EvoNorm output; the same module tree, placement and function as the project's
+    config (EvoNorm backbone and heads) for the same weights."""
+    model = build("gn", **NORM_ONLY).eval()
+    assert type(model.roi_heads.box_head).__name__ == "FastRCNNConvFCHead"  # detectron2's, not ours
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
-    assert sum(isinstance(m, EvoNormS0) for m in model.modules()) == 69
-    with ActivationAfterNorm(model) as watch:  # the double activation the EvoNorm blocks avoid
-        model.backbone(torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE))
-    assert len(watch.violations) == 1 + 2 * 16  # the stem and conv1/conv2 of each bottleneck
-    head = RetinaNetHead(input_shape=[ShapeSpec(channels=32)], num_classes=3, num_anchors=9, conv_dims=[32], norm="EvoNormS0")
-    assert any(isinstance(m, EvoNormS0) for m in head.modules())
+    project = build("evonorm_s0").eval()
+    assert evonorm_sites(model) == evonorm_sites(project)  # 41 activating, 28 not, at the same places
+    model.load_state_dict(project.state_dict())  # strict: detectron2's weights layout
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad(), ActivationAfterNorm(model) as watch:
+        features = model.backbone(x)
+        box = model.roi_heads.box_head(torch.randn(3, 256, 7, 7))
+        mask = model.roi_heads.mask_head.layers(torch.randn(3, 256, 14, 14))
+    assert watch.checked > 0 and not watch.violations
+    with torch.no_grad():
+        expected = project.backbone(x)
+        for level in expected:
+            torch.testing.assert_close(features[level], expected[level])
+
+
+def test_placement_reaches_retinanet_and_semantic_segmentation_heads_and_leaves_gn_alone():
+    from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
+
+    retina = RetinaNetHead(input_shape=[ShapeSpec(channels=32)], num_classes=3, num_anchors=9, conv_dims=[32, 32], norm="EvoNormS0")
+    seg = SemSegFPNHead(input_shape={"p2": ShapeSpec(channels=32, stride=4), "p3": ShapeSpec(channels=32, stride=8)},
+                        num_classes=3, conv_dims=32, common_stride=4, norm="EvoNormS0")
+    for head in (retina, seg):
+        assert plugin.place_evonorms(head)
+    assert sum(isinstance(m, torch.nn.ReLU) for m in retina.modules()) == 0
+    features = [torch.randn(2, 32, 8, 8)]
+    with torch.no_grad(), ActivationAfterNorm(retina) as watch:
+        retina(features)
+    assert not watch.violations  # the subnets' ReLUs are gone (the layers' own sigmoids are counted, not flagged)
+    with torch.no_grad(), ActivationAfterNorm(seg) as watch:
+        seg.layers({"p2": torch.randn(2, 32, 16, 16), "p3": torch.randn(2, 32, 8, 8)})
+    assert not watch.violations
+    gn = RetinaNetHead(input_shape=[ShapeSpec(channels=32)], num_classes=3, num_anchors=9, conv_dims=[32], norm="GN")
+    assert plugin.place_evonorms(gn) == [] and sum(isinstance(m, torch.nn.ReLU) for m in gn.modules()) == 2
+
+
+def test_a_module_the_placement_does_not_know_is_named_in_one_warning():
+    from detectron2.layers import Conv2d
+
+    class ThirdPartyHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = Conv2d(8, 8, 3, padding=1, norm=ep.get_layer("EvoNormS0", 8, groups=4))
+
+        def forward(self, x):
+            return torch.relu(self.conv(x))  # a ReLU the placement cannot see
+
+    holder = torch.nn.ModuleDict({"head": ThirdPartyHead()})
+    with pytest.warns(UserWarning, match=r"cannot tell whether these modules apply a ReLU .*: head \(ThirdPartyHead\)"):
+        plugin.place_evonorms(holder)
+
+
+def test_freeze_at_freezes_running_statistics_in_detectron2s_own_backbone():
+    model = build("gn", **{**NORM_ONLY, "MODEL.RESNETS.NORM": "EvoNormB0", "MODEL.BACKBONE.FREEZE_AT": 2}).train()
+    bottom_up = model.backbone.bottom_up
+    frozen = [m for part in (bottom_up.stem, bottom_up.res2) for m in part.modules() if isinstance(m, EvoNormB0)]
+    trained = [m for m in bottom_up.res3.modules() if isinstance(m, EvoNormB0)]
+    assert frozen and trained and all(not m.training and not m.weight.requires_grad for m in frozen)
+    before = {id(m): m.running_var.clone() for m in frozen + trained}
+    bottom_up(torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE))
+    assert all(torch.equal(m.running_var, before[id(m)]) for m in frozen)
+    assert all(not torch.equal(m.running_var, before[id(m)]) for m in trained)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,11 +392,8 @@ def square_polygon(x, y, size):
     return [float(v) for v in (x, y, x + size, y, x + size, y + size, x, y + size)]
 
 
-@pytest.fixture(scope="module")
-def tiny_coco(tmp_path_factory):
-    """A 3-image COCO-format dataset of 64x64 images with squares of two classes, registered as
-    ``evonorm_tiny_coco``."""
-    root = tmp_path_factory.mktemp("tiny_coco")
+def write_tiny_coco(root):
+    """A 3-image COCO-format dataset of 64x64 images with squares of two classes; returns its JSON."""
     rng = np.random.default_rng(0)
     images, annotations = [], []
     for image_id in range(1, 4):
@@ -353,11 +409,47 @@ def tiny_coco(tmp_path_factory):
     categories = [dict(id=1, name="red"), dict(id=2, name="orange")]
     json_file = root / "instances.json"
     json_file.write_text(json.dumps(dict(images=images, annotations=annotations, categories=categories)))
+    return json_file
+
+
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory):
+    """The tiny COCO-format dataset, registered as ``evonorm_tiny_coco``."""
+    root = tmp_path_factory.mktemp("tiny_coco")
+    json_file = write_tiny_coco(root)
     name = "evonorm_tiny_coco"
     register_coco_instances(name, {}, str(json_file), str(root))
     yield name
     DatasetCatalog.remove(name)
     MetadataCatalog.remove(name)
+
+
+@pytest.mark.slow
+def test_d2_train_registers_coco_datasets_from_the_command_line_then_trains_and_evaluates(tmp_path):
+    from evonorm_plugins.detectron2.train_net import cli
+
+    root = tmp_path / "data"
+    root.mkdir()
+    json_file = write_tiny_coco(root)
+    overrides = {
+        "MODEL.DEVICE": "cpu", "MODEL.ROI_HEADS.NUM_CLASSES": "2", "MODEL.RPN.POST_NMS_TOPK_TRAIN": "50",
+        "MODEL.RPN.POST_NMS_TOPK_TEST": "50", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": "32",
+        "INPUT.MIN_SIZE_TRAIN": f"({IMAGE_SIZE},)", "INPUT.MIN_SIZE_TEST": str(IMAGE_SIZE),
+        "INPUT.MAX_SIZE_TRAIN": str(IMAGE_SIZE), "INPUT.MAX_SIZE_TEST": str(IMAGE_SIZE),
+        "DATALOADER.NUM_WORKERS": "0", "SOLVER.IMS_PER_BATCH": "2", "SOLVER.BASE_LR": "0.002",
+        "SOLVER.MAX_ITER": "2", "SOLVER.STEPS": "()", "SOLVER.CHECKPOINT_PERIOD": "100", "TEST.EVAL_PERIOD": "0",
+        "DATASETS.TRAIN": "('mine',)", "DATASETS.TEST": "('mine',)", "OUTPUT_DIR": str(tmp_path / "out"),
+    }
+    try:
+        cli(["--config-file", str(CONFIG_FILES["evonorm_s0"]), "--dataset", f"mine={json_file}:{root}",
+             *[item for pair in overrides.items() for item in pair]])
+        assert (tmp_path / "out" / "model_final.pth").is_file()
+        assert (tmp_path / "out" / "inference" / "coco_instances_results.json").is_file()  # COCO evaluation ran
+    finally:
+        DatasetCatalog.remove("mine")
+        MetadataCatalog.remove("mine")
+    with pytest.raises(SystemExit):
+        cli(["--config-file", str(CONFIG_FILES["evonorm_s0"]), "--dataset", f"mine={tmp_path / 'nope.json'}:{root}"])
 
 
 @pytest.mark.parametrize("key", list(CONFIG_FILES))
