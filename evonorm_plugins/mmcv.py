@@ -17,8 +17,14 @@ infers it from the class name: ``norm_layer`` for ``EvoNormS0``, but ``bn`` or `
 layer whose name happens to contain "batch" or "group", so keys would change with a rename. Every
 EvoNorm and evolved layer is therefore named ``evonorm`` (``evonorm1``, ``evonorm2``, …): stable,
 distinct from mmcv's abbreviations, and a precise substring for mmengine's
-``paramwise_cfg=dict(custom_keys={"evonorm": dict(decay_mult=0.0)})`` (``norm_decay_mult`` only knows
-BN/GN/LN/IN). The baselines, which subclass ``nn.BatchNorm2d`` / ``nn.GroupNorm`` and have their state
+``paramwise_cfg=dict(custom_keys={"evonorm": dict(decay_mult=0.0)})``.
+
+*Norms to the hosts.* ``mmcv.cnn.is_norm``, mmengine's ``is_norm`` and ``DefaultOptimWrapperConstructor``
+(``norm_decay_mult``) know only BN/GN/LN/IN, by an ``isinstance`` on names bound in their modules; the
+import binds :class:`InstanceNormOrEvoNorm` there, so every registry layer is a norm to them (the
+official code excludes EvoNorm variables from weight decay: ``norm_decay_mult=0`` does it). And
+``ConvModule`` with an activating EvoNorm ``norm_cfg`` and an ``act_cfg`` warns once: that is a double
+activation. The baselines, which subclass ``nn.BatchNorm2d`` / ``nn.GroupNorm`` and have their state
 dicts, keep mmcv's ``bn`` / ``gn`` so BN and GN checkpoints load into them; a class that has an
 ``_abbr_`` keeps it.
 
@@ -38,6 +44,7 @@ built layer), always passes ``eps`` (1e-5 unless the config says otherwise, as o
 itself. So ``dict(type="EvoNormS0")`` needs no group count (32 by default), and GN configs'
 ``num_groups`` is accepted here as an alias of ``groups``: a GN config such as
 ``dict(type="GN", num_groups=32, requires_grad=True)`` switches to EvoNorm by changing ``type`` only.
+When both come (a config that sets ``groups`` over a GN base's ``num_groups``), ``groups`` wins.
 
 *Unknown names.* For a ``type`` found nowhere, mmcv 2.x's ``build_norm_layer`` raises ``KeyError: 'Cannot
 find None in registry ...'``, naming neither the type nor a fix, and mmengine has no hook for misses.
@@ -64,6 +71,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from .layers.base import EvoNormBase
 from .registry import UnknownLayerError, add_registration_listener, did_you_mean, get_layer_class, list_layers
 
 ABBREVIATION = "evonorm"
@@ -121,13 +129,8 @@ class LayerBuilder:
     _abbr_: ClassVar[str]
 
     def __new__(cls, num_features: int, **kwargs: Any) -> nn.Module:  # type: ignore[misc]
-        if "num_groups" in kwargs:  # GN configs' name for groups
-            num_groups = kwargs.pop("num_groups")
-            if kwargs.setdefault("groups", num_groups) != num_groups:
-                raise TypeError(
-                    f"{cls.__name__} got num_groups={num_groups} and groups={kwargs['groups']}; "
-                    f"num_groups is an alias of groups, give one of them"
-                )
+        if "num_groups" in kwargs:  # GN configs' name for groups; an explicit groups wins over it, since
+            kwargs.setdefault("groups", kwargs.pop("num_groups"))  # configs merge num_groups in from a GN base
         return cls.layer_class(num_features, **kwargs)
 
 
@@ -230,6 +233,68 @@ class _CheckedRegistry:
         return found
 
 
+class _NormBaseMeta(type):
+    def __instancecheck__(cls, instance: Any) -> bool:
+        return isinstance(instance, (_InstanceNorm, EvoNormBase))
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        return issubclass(subclass, _InstanceNorm)
+
+
+class InstanceNormOrEvoNorm(metaclass=_NormBaseMeta):
+    """Stands for torch's ``_InstanceNorm`` where mmcv and mmengine decide what is a norm layer.
+
+    ``mmcv.cnn.is_norm``, mmengine's ``is_norm`` and the weight-decay rules of
+    ``DefaultOptimWrapperConstructor`` (``norm_decay_mult``, ``bias_decay_mult``) test
+    ``isinstance(module, (_BatchNorm, _InstanceNorm, GroupNorm, LayerNorm))`` against names bound in
+    their modules, with no way to add a class. Bound there instead, this also counts EvoNorm and
+    evolved layers (the baselines already subclass BatchNorm2d / GroupNorm); subclass checks, which
+    mmcv's abbreviation rule makes, are torch's ``_InstanceNorm``'s.
+    """
+
+
+_NORM_CHECK_MODULES = ("mmcv.cnn.bricks.norm", "mmengine.utils.dl_utils.misc", "mmengine.optim.optimizer.default_constructor")
+
+
+def _recognise_as_norms() -> None:
+    """Bind :class:`InstanceNormOrEvoNorm` where the hosts check for norm layers (once; reloads keep it)."""
+    import importlib
+
+    for name in _NORM_CHECK_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # mmcv 1.x or a partial install: those checks are not there
+            continue
+        if getattr(module.__dict__.get("_InstanceNorm"), "__name__", None) == "_InstanceNorm":
+            module._InstanceNorm = InstanceNormOrEvoNorm
+
+
+def _warn_on_double_activation() -> None:
+    """``ConvModule`` adds its ``act_cfg`` activation (ReLU by default) after the norm; after an
+    activating EvoNorm that is a second activation. Warn once when one is built so."""
+    try:
+        from mmcv.cnn import ConvModule
+    except ImportError:
+        return
+    if getattr(ConvModule.__init__, "_evonorm_checked", False):
+        return
+    original = ConvModule.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        norm = getattr(self, "norm", None) if getattr(self, "with_norm", False) else None
+        if getattr(self, "with_activation", False) and isinstance(norm, EvoNormBase) and norm.apply_act:
+            warnings.warn(
+                f"ConvModule with norm_cfg type {type(norm).__name__} also applies act_cfg "
+                f"({type(self.activate).__name__}) after it: a double activation, since the EvoNorm is its own "
+                f"activation; pass act_cfg=None (or apply_act=False in norm_cfg where a plain norm is meant)",
+                stacklevel=2,
+            )
+
+    __init__._evonorm_checked = True  # type: ignore[attr-defined]
+    ConvModule.__init__ = __init__  # type: ignore[method-assign]
+
+
 def _install_norm_type_lookup() -> None:
     """Make mmcv 2.x's ``build_norm_layer`` look norm types up through a :class:`NormTypeLookup`."""
     try:
@@ -244,5 +309,7 @@ def _install_norm_type_lookup() -> None:
 register_all()
 add_registration_listener(_on_register)
 _install_norm_type_lookup()
+_recognise_as_norms()
+_warn_on_double_activation()
 
-__all__ = ["ABBREVIATION", "LayerBuilder", "NormTypeLookup", "abbreviation", "register_all"]
+__all__ = ["ABBREVIATION", "InstanceNormOrEvoNorm", "LayerBuilder", "NormTypeLookup", "abbreviation", "register_all"]

@@ -17,6 +17,8 @@
 # - EvoNorm-B0 normalizes with batch statistics, per GPU and not synchronized. norm_eval=False keeps
 #   them in use during training (GN-all leaves norm_eval=True, which affects only BatchNorm; in
 #   EvoNormResNet it also switches EvoNorms to their running statistics).
+# - Weight decay. The official code excludes EvoNorm variables (v, gamma, beta) from weight decay;
+#   norm_decay_mult=0 does that here, since evonorm_plugins.mmcv makes every EvoNorm a norm to mmengine.
 _base_ = './mask-rcnn_r50_fpn_gn-all_2x_coco.py'
 custom_imports = dict(imports=['evonorm_plugins.mmdet'], allow_failed_imports=False)
 
@@ -37,3 +39,4 @@ model = dict(
     roi_head=dict(
         bbox_head=dict(type='EvoNormShared4Conv1FCBBoxHead', norm_cfg=norm_cfg),
         mask_head=dict(type='EvoNormFCNMaskHead', norm_cfg=norm_cfg)))
+optim_wrapper = dict(paramwise_cfg=dict(norm_decay_mult=0.0))

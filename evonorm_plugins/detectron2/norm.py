@@ -124,6 +124,7 @@ def evonorm_factory(norm: NormSpec, owner: str) -> EvoNormFactory:
         return EvoNormFactory(norm)
     raise ValueError(
         f"{owner} needs norm to name an evonorm_plugins layer (e.g. 'EvoNormS0') or be an EvoNormFactory, "
-        f"got {norm!r}. It leaves out the ReLU after each norm because the layer is its own activation; "
-        f"for BN or GN use detectron2's own block, or 'BatchNormReLU' / 'GroupNormReLU' here"
+        f"got {norm!r} (evolved layers must be registered first: register_layer(), load_genomes() or the "
+        f"EVONORM_GENOMES environment variable). It leaves out the ReLU after each norm because the layer is its "
+        f"own activation; for BN or GN use detectron2's own block, or 'BatchNormReLU' / 'GroupNormReLU' here"
     )

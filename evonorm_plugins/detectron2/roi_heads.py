@@ -17,7 +17,9 @@ def _drop_relus_after_norms(owner: str, convs: Iterable[Conv2d]) -> None:
         if not is_norm_layer(conv.norm):
             raise ValueError(
                 f"{owner} needs its NORM (conv_norm) to name an evonorm_plugins layer, e.g. 'EvoNormS0', got "
-                f"a {type(conv.norm).__name__}; for GN or BN use detectron2's head without the 'EvoNorm' prefix"
+                f"a {type(conv.norm).__name__} (evolved layers must be registered first: register_layer(), load_genomes() "
+                f"or EVONORM_GENOMES); for GN or BN use detectron2's head without the 'EvoNorm' prefix, which places "
+                f"registry layers itself"
             )
         conv.activation = None
 

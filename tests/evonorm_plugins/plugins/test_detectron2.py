@@ -107,7 +107,7 @@ def test_builtin_norms_and_callables_are_unchanged():
     assert type(plugin.get_norm("FrozenBN", 64)) is FrozenBatchNorm2d
     assert plugin.get_norm("", 64) is None and plugin.get_norm(None, 64) is None
     assert type(plugin.get_norm(lambda c: torch.nn.LayerNorm(c), 8)) is torch.nn.LayerNorm
-    with pytest.raises(ValueError, match=r"unknown NORM 'EvoNormSO'.*EvoNormS0"):
+    with pytest.raises(ValueError, match=r"unknown NORM 'EvoNormSO'.*EvoNormS0.*EVONORM_GENOMES"):
         plugin.get_norm("EvoNormSO", 64)
 
 
@@ -280,9 +280,9 @@ def test_with_groupnormrelu_the_evonorm_blocks_compute_detectron2s_gn_blocks():
 
 
 def test_blocks_reject_plain_norms():
-    with pytest.raises(ValueError, match=r"build_evonorm_resnet_backbone \(MODEL.RESNETS.NORM\) needs norm to name"):
+    with pytest.raises(ValueError, match=r"build_evonorm_resnet_backbone \(MODEL.RESNETS.NORM\) needs norm to name.*EVONORM_GENOMES"):
         build("gn", **{"MODEL.BACKBONE.NAME": "build_evonorm_resnet_fpn_backbone"})
-    with pytest.raises(ValueError, match=r"EvoNormMaskRCNNConvUpsampleHead needs its NORM"):
+    with pytest.raises(ValueError, match=r"EvoNormMaskRCNNConvUpsampleHead needs its NORM.*EVONORM_GENOMES"):
         build("gn", **{"MODEL.ROI_MASK_HEAD.NAME": "EvoNormMaskRCNNConvUpsampleHead"})
 
 

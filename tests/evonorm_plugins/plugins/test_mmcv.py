@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -87,8 +88,8 @@ def test_gn_config_switches_by_type_only():
     assert s0.groups == 4
     _, s0 = build_norm_layer(dict(type="EvoNormS0", num_groups=4, groups=4), 16)
     assert s0.groups == 4
-    with pytest.raises(TypeError, match=r"num_groups=4 and groups=8; num_groups is an alias of groups"):
-        build_norm_layer(dict(type="EvoNormS0", num_groups=4, groups=8), 16)
+    _, s0 = build_norm_layer(dict(type="EvoNormS0", num_groups=4, groups=8), 16)  # e.g. num_groups from a GN base
+    assert s0.groups == 8
     with pytest.raises(TypeError, match=r"EvoNormS0 got unexpected keyword argument\(s\) \['affine'\]"):
         build_norm_layer(dict(type="EvoNormS0", affine=True), 16)
 
@@ -119,6 +120,38 @@ def test_conv_module_runs_the_layer_after_the_conv():
     y.square().mean().backward()
     for p in (block.conv.weight, norm.v, norm.weight, norm.bias):
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_every_registry_layer_is_a_norm_to_mmcv_mmengine_and_their_weight_decay_rules():
+    from mmcv.cnn import is_norm as mmcv_is_norm
+    from mmcv.cnn.bricks.norm import infer_abbr
+    from mmengine.optim import DefaultOptimWrapperConstructor
+    from mmengine.utils.dl_utils import is_norm as mmengine_is_norm
+
+    layers = [ep.get_layer(name, 8, groups=4) for name in ("EvoNormB0", "EvoNormS0", "GroupNormReLU")]
+    layers.append(ep.GraphNormAct(8, ep.paper_genome("EvoNormS1"), groups=4))
+    assert all(mmcv_is_norm(layer) and mmengine_is_norm(layer) for layer in layers)
+    assert not mmcv_is_norm(torch.nn.Conv2d(3, 8, 1)) and infer_abbr(torch.nn.InstanceNorm2d) == "in"
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), *layers)
+    constructor = DefaultOptimWrapperConstructor(
+        dict(type="OptimWrapper", optimizer=dict(type="SGD", lr=0.1, weight_decay=1e-4)),
+        paramwise_cfg=dict(norm_decay_mult=0.0),
+    )
+    decay = {id(p): group["weight_decay"] for group in constructor(model).optimizer.param_groups for p in group["params"]}
+    norm_parameters = [p for layer in layers for p in layer.parameters()]
+    assert len(norm_parameters) == 3 + 3 + 2 + 2  # v, γ, β of B0 and S0; γ, β of GN-ReLU and of the S1 graph
+    assert all(decay[id(p)] == 0.0 for p in norm_parameters)
+    assert decay[id(model[0].weight)] == 1e-4
+
+
+def test_conv_module_warns_once_about_a_second_activation_after_an_evonorm():
+    with pytest.warns(UserWarning, match=r"ConvModule with norm_cfg type EvoNormS0 also applies act_cfg \(ReLU\).*act_cfg=None"):
+        ConvModule(3, 8, 3, norm_cfg=dict(type="EvoNormS0", groups=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ConvModule(3, 8, 3, norm_cfg=dict(type="EvoNormS0", groups=4), act_cfg=None)
+        ConvModule(3, 8, 3, norm_cfg=dict(type="EvoNormS0", groups=4, apply_act=False))
+        ConvModule(3, 8, 3, norm_cfg=dict(type="GN", num_groups=4))
 
 
 def test_custom_keys_target_the_evonorm_parameters():

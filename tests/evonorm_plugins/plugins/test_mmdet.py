@@ -111,6 +111,7 @@ def evonorm_sites(model):
 @pytest.mark.parametrize("layer_class", list(EVONORM_CONFIGS), ids=lambda c: c.__name__)
 def test_mask_rcnn_config_trains_one_step(layer_class):
     cfg = Config.fromfile(EVONORM_CONFIGS[layer_class])
+    assert cfg.optim_wrapper.paramwise_cfg.norm_decay_mult == 0.0  # EvoNorm variables free of weight decay
     model = MODELS.build(cfg.model)
     model.init_weights()
     norms = [m for m in model.modules() if isinstance(m, EvoNormBase)]
