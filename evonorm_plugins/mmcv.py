@@ -228,7 +228,8 @@ class _CheckedRegistry:
             raise UnknownLayerError(
                 f"unknown norm_cfg type {key!r}: not registered in mmengine's MODELS (scope {self.registry.scope!r}); "
                 f"{did_you_mean(name)}evonorm_plugins layers: {', '.join(n for n in list_layers() if '.' not in n)}; "
-                f"mmcv's own norm types include BN, SyncBN, GN, LN, IN"
+                f"mmcv's own norm types include BN, SyncBN, GN, LN, IN; register evolved layers with "
+                f"evonorm_plugins.register_layer() / load_genomes() or the EVONORM_GENOMES environment variable"
             )
         return found
 

@@ -58,7 +58,8 @@ class _NormActMap(dict):
         raise UnknownLayerError(
             f"unknown timm norm-act layer {key!r} (timm lower-cases names and drops '_'); "
             f"{did_you_mean(name, normalize=timm_key, prefix=NAMESPACE)}evonorm_plugins layers are "
-            f"'{NAMESPACE}<Name>' with Name one of {', '.join(list_layers())}; timm's own are {', '.join(timm_own)}"
+            f"'{NAMESPACE}<Name>' with Name one of {', '.join(list_layers())} (evolved layers: register_layer(), "
+            f"load_genomes() or EVONORM_GENOMES); timm's own are {', '.join(timm_own)}"
         )
 
 

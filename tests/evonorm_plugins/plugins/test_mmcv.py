@@ -207,7 +207,7 @@ def test_reimport_and_register_all_are_idempotent(clean_registries):
 def test_unknown_norm_type_is_one_line_with_did_you_mean():
     # mmcv's own message was "Cannot find None in registry under scope name mmengine"
     message = (r"^unknown norm_cfg type 'EvoNormSO': not registered in mmengine's MODELS \(scope 'mmengine'\); did you "
-               r"mean .*'EvoNormS0'.*\? evonorm_plugins layers: .*EvoNormB0.*; mmcv's own norm types include BN")
+               r"mean .*'EvoNormS0'.*\? evonorm_plugins layers: .*EvoNormB0.*; mmcv's own norm types include BN.*EVONORM_GENOMES")
     with pytest.raises(ep.UnknownLayerError, match=message) as error:
         build_norm_layer(dict(type="EvoNormSO"), 8)
     assert isinstance(error.value, KeyError) and "\n" not in str(error.value)
