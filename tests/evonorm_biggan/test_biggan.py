@@ -25,7 +25,7 @@ from evonorm_biggan import (  # noqa: E402
     truncated_z,
 )
 from evonorm_biggan.callbacks import SampleGrid  # noqa: E402
-from evonorm_biggan.data import CIFAR10DataModule, ImageFolderDataModule  # noqa: E402
+from evonorm_biggan.data import BigGANDataModule, CIFAR10DataModule, ImageFolderDataModule  # noqa: E402
 from evonorm_biggan.ema import ema_update, standing_stats  # noqa: E402
 from evonorm_biggan.model import sn_linear_no_bias  # noqa: E402
 from evonorm_biggan.module import BigGANModule  # noqa: E402
@@ -307,6 +307,60 @@ def test_cli_fit_with_the_smoke_config(tmp_path):
     assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
 
 
+@pytest.mark.slow
+def test_a_fit_killed_with_sigkill_resumes_from_last_with_its_whole_state(tmp_path):
+    """`--ckpt_path last` finds the run's last checkpoint (not a new logger version's empty folder) and
+    restores the step count, G, D, G_ema, both optimizers and the fixed latents; a model setting given
+    differently from the checkpoint's is named in a warning."""
+    import signal
+    import time
+    import warnings
+
+    from evonorm_biggan.cli import main
+
+    root, run = _write_cifar(tmp_path / "cifar", n=32), tmp_path / "run"
+    args = ["fit", "--config", str(CONFIGS / "smoke.yaml"), "--data.init_args.root", str(root),
+            "--trainer.default_root_dir", str(run), "--trainer.limit_train_batches", "4",
+            "--checkpoint.every_n_train_steps", "3", "--sample_grid.every_n_steps", "0"]
+    script = f"from evonorm_biggan.cli import main; main({args + ['--trainer.max_epochs', '1000']!r})"
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and process.poll() is None:
+            try:
+                if torch.load(last, weights_only=True, map_location="cpu")["global_step"] >= 9:
+                    break
+            except (FileNotFoundError, RuntimeError, EOFError, KeyError):  # not written yet, or mid-write
+                pass
+            time.sleep(0.5)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    saved = torch.load(last, weights_only=True, map_location="cpu")
+    step = saved["global_step"]
+    assert step >= 9 and step % 3 == 0  # 2 D steps + 1 G step per iteration
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = main([*args, "--ckpt_path", "last", "--trainer.max_steps", str(step), "--model.g_ch", "8"])
+    assert any("the checkpoint's model settings replace the configured ones: g_ch=4 (configured 8)" in str(w.message)
+               for w in caught)
+    model = cli.model
+    assert cli.trainer.global_step == step and int(model.g_steps) == step // 3
+    for key, value in saved["state_dict"].items():  # G, D, G_ema, the step counter and the fixed latents
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+    for optimizer, state in zip(cli.trainer.optimizers, saved["optimizer_states"]):
+        restored = optimizer.state_dict()["state"]
+        assert restored.keys() == state["state"].keys()
+        for index in state["state"]:
+            for name, value in state["state"][index].items():
+                torch.testing.assert_close(restored[index][name], value, rtol=0, atol=0)
+
+    cli = main([*args, "--ckpt_path", "last", "--trainer.max_steps", str(step + 3)])  # and training goes on
+    assert cli.trainer.global_step == step + 3 and int(cli.model.g_steps) == step // 3 + 1
+
+
 def test_cli_links_resolution_and_classes_from_the_data(tmp_path):
     """model.resolution and model.n_classes come from the data module; setting them is refused."""
     from evonorm_biggan.cli import main
@@ -315,6 +369,12 @@ def test_cli_links_resolution_and_classes_from_the_data(tmp_path):
     base = ["--config", str(CONFIGS / "smoke.yaml"), "--data.init_args.root", str(root)]
     with pytest.raises(SystemExit):
         main(["fit", *base, "--model.n_classes", "7"])
+    from evonorm_biggan.cli import BigGANCLI
+
+    cli = BigGANCLI(BigGANModule, BigGANDataModule, subclass_mode_data=True, run=False,
+                    args=[*base, "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert (cli.model.hparams.n_classes, cli.model.hparams.resolution) == (10, 32)
+    assert cli.trainer.checkpoint_callback.dirpath == str(tmp_path / "run" / "checkpoints")
     (tmp_path / "cls_a").mkdir(), (tmp_path / "cls_b").mkdir(), (tmp_path / "cls_c").mkdir()
     folder = ImageFolderDataModule(str(tmp_path), resolution=64)
     assert (folder.num_classes, folder.resolution) == (4, 64)  # cifar/ counts as a class folder here
