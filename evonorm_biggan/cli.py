@@ -12,6 +12,7 @@ the data modules (picked in the config by ``data.class_path``).
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -19,6 +20,8 @@ from typing import Any, Dict, List, Optional
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from evonorm_plugins.user_errors import run_reporting_user_errors
 
 from .callbacks import SampleGrid
 from .data import BigGANDataModule
@@ -82,5 +85,11 @@ def main(args: Optional[List[str]] = None) -> BigGANCLI:
     )
 
 
+def command(argv: Optional[List[str]] = None) -> int:
+    """The ``evonorm-biggan`` command: :func:`main` with a user's mistakes (a missing dataset, a wrong
+    layer name or setting) reported in one line; ``--debug`` keeps the traceback."""
+    return run_reporting_user_errors("evonorm-biggan", main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(command())

@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .graph.genome import Genome, GenomeError
+from .graph.genome import Genome
 from .graph.render import write_picture
-from .registry import UnknownLayerError, get_genome, get_layer_class, list_layers
+from .registry import get_genome, get_layer_class, list_layers
+from .user_errors import run_reporting_user_errors
 
 
 def resolve(name_or_file: str) -> Genome:
@@ -37,26 +38,29 @@ def describe(genome: Genome) -> List[str]:
     return lines
 
 
-def _show(args: argparse.Namespace) -> int:
+def _show(args: argparse.Namespace) -> None:
     genome = resolve(args.layer)
     print("\n".join(describe(genome)))
     output = args.output or Path(f"{genome.name or Path(args.layer).stem}.svg")
     write_picture(genome, output)
     print(f"picture:         {output}")
-    return 0
 
 
-def _list(args: argparse.Namespace) -> int:
+def _list(args: argparse.Namespace) -> None:
     for name in list_layers():
         try:
             text = get_genome(name).formula()
         except ValueError:
             text = f"(hand-written: {get_layer_class(name).__module__})"
         print(f"{name:16s} {text}")
-    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``evonorm-plugins`` command; a user's mistake is one line (``--debug`` keeps the traceback)."""
+    return run_reporting_user_errors("evonorm-plugins", _run, argv)
+
+
+def _run(argv: List[str]) -> None:
     parser = argparse.ArgumentParser(prog="evonorm-plugins", description="Inspect EvoNorm and evolved layers.")
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser("show", help="print a layer's formula and write a picture of its graph")
@@ -66,11 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     listing = commands.add_parser("list", help="list the registered layers with their formulas")
     listing.set_defaults(run=_list)
     args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except (UnknownLayerError, GenomeError, OSError, ValueError, ImportError) as error:
-        print(f"evonorm-plugins: error: {error}", file=sys.stderr)
-        return 2
+    args.run(args)
 
 
 if __name__ == "__main__":

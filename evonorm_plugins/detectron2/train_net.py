@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..user_errors import run_reporting_user_errors
 from .solver import build_evonorm_optimizer
 
 import detectron2.utils.comm as comm  # after the plugin, which explains a missing detectron2
@@ -155,8 +157,13 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     return trainer.train()
 
 
-def cli(argv: Optional[List[str]] = None) -> None:
-    """Parse ``train_net.py``'s flags (and ``--dataset``) and launch :func:`main` on every GPU / machine."""
+def cli(argv: Optional[List[str]] = None) -> int:
+    """Parse ``train_net.py``'s flags (and ``--dataset``) and launch :func:`main` on every GPU / machine;
+    a user's mistake is one line (``--debug`` keeps the traceback)."""
+    return run_reporting_user_errors("evonorm-d2-train", _launch, argv)
+
+
+def _launch(argv: List[str]) -> None:
     parser = default_argument_parser()
     parser.add_argument(
         "--dataset", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
@@ -179,4 +186,4 @@ def cli(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -382,6 +382,18 @@ def test_cli_links_resolution_and_classes_from_the_data(tmp_path):
     assert (cifar.num_classes, cifar.resolution) == (10, 32)
 
 
+def test_the_command_reports_a_missing_dataset_in_one_line(tmp_path, capsys):
+    from evonorm_biggan.cli import command
+
+    args = ["fit", "--config", str(CONFIGS / "smoke.yaml"), "--data.init_args.root", str(tmp_path / "nowhere"),
+            "--trainer.default_root_dir", str(tmp_path / "run")]
+    assert command(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("evonorm-biggan: error: no CIFAR-10 python batches at") and "--debug" in err[-1]
+    with pytest.raises(FileNotFoundError):
+        command([*args, "--debug"])
+
+
 def test_configs_parse_and_the_pair_differs_only_in_layer():
     import yaml
 

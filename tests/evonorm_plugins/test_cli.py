@@ -5,10 +5,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+
 from evonorm_plugins.cli import main
 from evonorm_plugins.graph import genome_from_ops
 from evonorm_plugins.graph.render import layout, to_dot, write_picture
-from evonorm_plugins.registry import paper_genome
+from evonorm_plugins.registry import UnknownLayerError, paper_genome
 
 
 def test_show_registered_name_prints_formula_and_writes_svg(tmp_path, capsys):
@@ -49,7 +50,10 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["show", str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["show", "EvoNormS0", "-o", str(tmp_path / "x.gif")]) == 2
-    assert "use a .svg, .png or .dot file name" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "use a .svg, .png or .dot file name" in err and err.count("\n") == 1 and "--debug" in err
+    with pytest.raises(UnknownLayerError):  # --debug (or EVONORM_DEBUG=1) keeps the traceback
+        main(["show", "EvoNormSO", "--debug"])
 
 
 def test_dot_and_png(tmp_path):
