@@ -5,7 +5,6 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-
 from evonorm_plugins.cli import main
 from evonorm_plugins.graph import genome_from_ops
 from evonorm_plugins.graph.render import layout, to_dot, write_picture
