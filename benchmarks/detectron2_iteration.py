@@ -2,7 +2,7 @@
 same config with only NORM changed (detectron2's stock builders, placed by the plugin) and against the
 project's EvoNorm configs, interleaved in one run so the ratios share the machine's state.
 
-    python benchmarks/detectron2_iteration.py --iterations 6 --size 256
+    python benchmarks/detectron2_iteration.py --iterations 6 --size 256 --warmup 1
 
 Synthetic images and boxes (no dataset needed); forward + backward + SGD step of the whole model.
 """
@@ -50,7 +50,8 @@ def batch(size: int, images: int) -> List[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=6, help="timed iterations per setting (after 2 warm-up)")
+    parser.add_argument("--iterations", type=int, default=6, help="timed iterations per setting")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per setting first")
     parser.add_argument("--size", type=int, default=256, help="image side")
     parser.add_argument("--images", type=int, default=2, help="images per iteration")
     args = parser.parse_args()
@@ -67,14 +68,14 @@ def main() -> None:
     data = batch(args.size, args.images)
     times: Dict[str, List[float]] = {name: [] for name in SETTINGS}
     with EventStorage():
-        for step in range(args.iterations + 2):
+        for step in range(args.warmup + args.iterations):
             for name, model in models.items():  # interleaved: each round times every setting once
                 start = time.perf_counter()
                 loss = sum(model(data).values())
                 optimizers[name].zero_grad()
                 loss.backward()
                 optimizers[name].step()
-                if step >= 2:
+                if step >= args.warmup:
                     times[name].append(time.perf_counter() - start)
     base = statistics.median(times["GN (detectron2's config)"])
     print(f"| setting ({args.images} images of {args.size}x{args.size}, CPU, {torch.get_num_threads()} threads) | s / iteration | ratio to GN |")
