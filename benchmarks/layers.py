@@ -65,12 +65,8 @@ class InKernelMode(nn.Module):
         self.layer, self.mode = layer, mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        previous = ep.functional.kernel_mode()
-        ep.functional.set_kernel_mode(self.mode)
-        try:
+        with ep.functional.kernel_mode(self.mode):
             return self.layer(x)
-        finally:
-            ep.functional.set_kernel_mode(previous)
 
 
 def timm_layers() -> Dict[str, Callable[[int], nn.Module]]:

@@ -1,49 +1,192 @@
 """Helpers shared by the lean kernels, which work on a 4-D view (N, G, C/G, L) of the input
 (G = 1 for the B-series, whose statistics are per channel)."""
-from typing import Callable, Dict, Optional, Sequence, Tuple, TypeVar
+import inspect
+import os
+import types
+import warnings
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 
-MODES = ("eager", "compiled", "reference")
-_mode = "eager"
-_compiled: Dict[Callable, Callable] = {}
-F = TypeVar("F", bound=Callable)
+MODES = ("compiled", "eager", "reference")
+DEFAULT_MODE = "compiled"
+ENVIRONMENT_VARIABLE = "EVONORM_KERNEL_MODE"
 
 
-def set_kernel_mode(mode: str) -> None:
-    """How the six EvoNorm layers run in eager PyTorch:
+class KernelCompileWarning(UserWarning):
+    """The lean kernels could not be compiled and run op by op (the ``"eager"`` mode) instead."""
 
-    * ``"eager"`` (default): the lean kernels, op by op;
-    * ``"compiled"``: the lean kernels' forward and backward through ``torch.compile`` (Inductor fuses
-      each into a few loops: C++ on CPU, which needs a C++ compiler, Triton on GPU); the first call per
-      shape, dtype and configuration compiles, which takes seconds;
-    * ``"reference"``: the reference implementation in plain autograd ops (about 4× the memory).
 
-    TorchScript, tracing, ``torch.compile`` of a whole model and ONNX export always use the reference
-    implementation, which the compilers fuse themselves.
-    """
-    global _mode
+def _check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"unknown kernel mode {mode!r}; choose one of {', '.join(MODES)}")
-    _mode = mode
+    return mode
 
 
-def kernel_mode() -> str:
+def _mode_from_environment() -> str:
+    value = os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower()
+    if not value:
+        return DEFAULT_MODE
+    if value not in MODES:
+        warnings.warn(
+            f"{ENVIRONMENT_VARIABLE}={value!r} is not a kernel mode ({', '.join(MODES)}); "
+            f"using the default {DEFAULT_MODE!r}",
+            stacklevel=2,
+        )
+        return DEFAULT_MODE
+    return value
+
+
+_mode = _mode_from_environment()
+
+
+class KernelMode:
+    """A kernel mode in force: returned by :func:`set_kernel_mode` (already switched) and by
+    ``kernel_mode(mode)`` (switched on ``__enter__``); leaving a ``with`` block restores the mode that
+    was in force when the block was entered, also on an exception."""
+
+    def __init__(self, mode: str, switch_now: bool) -> None:
+        self.mode = _check_mode(mode)
+        self._previous: list = []
+        if switch_now:
+            self._previous.append(_switch(mode))
+
+    def __enter__(self) -> "KernelMode":
+        self._previous.append(_switch(self.mode))
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        _switch(self._previous.pop())
+        if self._previous:  # set_kernel_mode(m) used as ``with``: undo the switch it made too
+            _switch(self._previous.pop())
+
+    def __repr__(self) -> str:
+        return f"KernelMode({self.mode!r})"
+
+
+def _switch(mode: str) -> str:
+    global _mode
+    previous, _mode = _mode, mode
+    return previous
+
+
+def set_kernel_mode(mode: str) -> KernelMode:
+    """Switch how the six EvoNorm layers run in eager PyTorch, for the whole process:
+
+    * ``"compiled"`` (default): the lean kernels (input-only memory, closed-form backward) with their
+      forward and backward each compiled by ``torch.compile`` (Inductor: C++ loops on CPU, which needs
+      a C++ compiler; Triton on GPU) with dynamic shapes: once per configuration (layer formula,
+      training or eval, ``apply_act``), dtype, device and memory format, not per input size. Where
+      compiling fails (no compiler), one :class:`KernelCompileWarning` says so and the ``"eager"``
+      kernels run instead;
+    * ``"eager"``: the same kernels op by op (no compile time, about 2× slower);
+    * ``"reference"``: the reference implementation in plain autograd ops (about 4× the memory).
+
+    The environment variable ``EVONORM_KERNEL_MODE`` sets the mode at import (e.g. ``eager`` where
+    compile time matters more than speed). TorchScript, tracing, ``torch.compile`` of a whole model and
+    ONNX export always use the reference implementation, which the compilers fuse themselves.
+
+    Returns a :class:`KernelMode`; used as a context manager (``with set_kernel_mode("eager"): ...``)
+    it restores the previous mode on exit. See also ``kernel_mode(mode)``.
+    """
+    return KernelMode(mode, switch_now=True)
+
+
+def kernel_mode(mode: Optional[str] = None) -> Any:
+    """``kernel_mode()``: the name of the mode in force. ``kernel_mode(mode)``: a context manager that
+    runs its block in ``mode`` and then restores the previous one::
+
+        with evonorm_plugins.functional.kernel_mode("reference"):
+            y = model(x)
+    """
+    if mode is None:
+        return _mode
+    return KernelMode(mode, switch_now=False)
+
+
+def current_mode() -> str:
     return _mode
 
 
-def kernel(fn: F, mode: Optional[str] = None) -> F:
-    """``fn`` itself, or its ``torch.compile``d version in the ``"compiled"`` mode (built once).
+# --- compiled kernels ---------------------------------------------------------------------------------
+# One torch.compile per kernel function and static configuration (the non-tensor arguments, and the
+# tensors' dtype, device and memory format), each with dynamic shapes and its own recompile budget, so
+# that varying input sizes reuse one compiled kernel and the configurations of a model do not share (and
+# exhaust) torch's per-function recompile limit of 8. fullgraph=True makes exceeding the budget an
+# error, which falls back loudly instead of silently.
+BACKEND: Any = "inductor"  # tests substitute a counting backend
+RECOMPILE_LIMIT = 8  # per configuration: size-1 dimensions specialize (N = 1, H·W = 1), nothing else should
+_compiled: Dict[Tuple, Callable] = {}
+_failed_devices: Dict[str, str] = {}  # device type -> why compiling failed there
+_failed_configurations: Dict[Tuple, str] = {}
+_COMPILE_PARAMETERS = inspect.signature(torch.compile).parameters
 
-    ``mode`` defaults to the current one; a backward passes the mode its forward ran in.
+
+def _describe(arg: Any) -> Any:
+    if isinstance(arg, Tensor):
+        layout = "channels_last" if arg.dim() == 4 and not arg.is_contiguous() and arg.is_contiguous(memory_format=torch.channels_last) else "strided"
+        return (arg.dtype, arg.device, layout)
+    return arg
+
+
+def _compile(fn: Callable) -> Callable:
+    options: Dict[str, Any] = dict(dynamic=True, fullgraph=True, backend=BACKEND)
+    if "isolate_recompiles" in _COMPILE_PARAMETERS and "recompile_limit" in _COMPILE_PARAMETERS:
+        options.update(isolate_recompiles=True, recompile_limit=RECOMPILE_LIMIT)
+    else:  # older torch: a copy of the code object is a cache line of its own
+        fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return torch.compile(fn, **options)
+
+
+def _warn_fallback(where: str, error: BaseException) -> None:
+    warnings.warn(
+        f"evonorm_plugins: compiling the EvoNorm kernels failed {where} ({type(error).__name__}: "
+        f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); they run op by op (the "
+        f'"eager" kernel mode, about 2x slower, same results) instead. torch.compile needs a working C++ '
+        f"compiler on CPU and Triton on GPU; set {ENVIRONMENT_VARIABLE}=eager to skip compiling.",
+        KernelCompileWarning,
+        stacklevel=4,
+    )
+
+
+def run_kernel(fn: Callable, mode: str, *args: Any) -> Any:
+    """``fn(*args)``, through its compiled version in the ``"compiled"`` mode.
+
+    ``mode`` is the current mode for a forward; a backward passes the mode its forward ran in.
     """
-    if (mode or _mode) != "compiled":
-        return fn
-    if fn not in _compiled:
-        _compiled[fn] = torch.compile(fn)
-    return _compiled[fn]  # type: ignore[return-value]
+    if mode != "compiled":
+        return fn(*args)
+    device = next(a.device.type for a in args if isinstance(a, Tensor))
+    if device in _failed_devices:
+        return fn(*args)
+    key = (fn, *map(_describe, args))
+    if key in _failed_configurations:
+        return fn(*args)
+    compiled = _compiled.get(key)
+    if compiled is None:
+        compiled = _compiled[key] = _compile(fn)
+    try:
+        # Without duck sizing, sizes that happen to be equal on the first call (H = W) get symbols of
+        # their own, so a later H ≠ W does not recompile.
+        with torch.fx.experimental._config.patch(use_duck_shape=False):
+            return compiled(*args)
+    except torch._dynamo.exc.BackendCompilerFailed as error:  # no C++ compiler / Triton: give up on the device
+        _failed_devices[device] = repr(error)
+        _warn_fallback(f"on {device}", error)
+    except (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit) as error:
+        _failed_configurations[key] = repr(error)
+        _warn_fallback(f"for {fn.__name__} with {key[1:]}", error)
+    return fn(*args)
+
+
+def reset_compiled_kernels() -> None:
+    """Forget the compiled kernels and earlier compile failures (for tests, or after installing a
+    compiler in a running process)."""
+    _compiled.clear()
+    _failed_devices.clear()
+    _failed_configurations.clear()
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

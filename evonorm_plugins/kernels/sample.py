@@ -25,9 +25,9 @@ from .common import (
     default_parameters,
     differentiable_backward,
     group_moments,
-    kernel,
-    kernel_mode,
+    current_mode,
     per_channel,
+    run_kernel,
 )
 
 
@@ -84,17 +84,20 @@ def sample_backward(
             d_v = channel_sums(a.mul_(one_minus_s).mul_(x4).mul_(da), keep_batch=False).reshape(c)
         # ∂a/∂x = s + v·x·s(1−s) = s·(1 + vx·(1−s))
         da.mul_(vx.mul_(one_minus_s).add_(1.0).mul_(s))
-    dx4 = da.addcmul_(x4, coef).sub_(coef * mean)
+    # x − mean is formed first: coef·x − coef·mean would cancel two large products, which in float32
+    # loses the gradient where a group holds one value (C = groups at 1×1).
+    centred = torch.sub(x4, mean, out=a) if apply_act else x4 - mean  # a's storage is free again
+    dx4 = da.addcmul_(centred, coef)
     return dx4.reshape(x.shape).to(x.dtype), d_v, d_weight, d_bias
 
 
 class EvoNormSampleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, v: Tensor, weight: Tensor, bias: Tensor, variant: int, groups: int, eps: float, apply_act: bool) -> Tensor:  # type: ignore[override]
-        y, mean, r = kernel(sample_forward)(x, variant, groups, v, weight, bias, eps, apply_act)
+        y, mean, r = run_kernel(sample_forward, current_mode(), x, variant, groups, v, weight, bias, eps, apply_act)
         ctx.save_for_backward(x, v, weight, mean, r)
         ctx.config = (variant, groups, apply_act)
-        ctx.mode = kernel_mode()  # backward runs the kernels its forward ran
+        ctx.mode = current_mode()  # backward runs the kernels its forward ran
         ctx.bias, ctx.eps = bias, eps  # for a double backward only
         return y
 
@@ -109,7 +112,7 @@ class EvoNormSampleFunction(torch.autograd.Function):
                 (x, v, weight, bias), ctx.needs_input_grad[:4], dy,
             )
             return (*grads, None, None, None, None)
-        grads = kernel(sample_backward, ctx.mode)(dy, x, v, weight, mean, r, variant, groups, apply_act, *ctx.needs_input_grad[1:4])
+        grads = run_kernel(sample_backward, ctx.mode, dy, x, v, weight, mean, r, variant, groups, apply_act, *ctx.needs_input_grad[1:4])
         return (*grads, None, None, None, None)
 
 
@@ -120,4 +123,4 @@ def evonorm_sample_fused(
     v_t, w_t, b_t, record = default_parameters(x, v, weight, bias)
     if record:
         return EvoNormSampleFunction.apply(x.contiguous(), v_t, w_t, b_t, variant, groups, eps, apply_act)
-    return kernel(sample_forward)(x.contiguous(), variant, groups, v_t, w_t, b_t, eps, apply_act)[0]
+    return run_kernel(sample_forward, current_mode(), x.contiguous(), variant, groups, v_t, w_t, b_t, eps, apply_act)[0]
