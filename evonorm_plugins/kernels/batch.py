@@ -26,9 +26,11 @@ from .common import (
     default_parameters,
     differentiable_backward,
     group_moments,
+    kernel_layout,
     current_mode,
     per_channel,
     run_kernel,
+    scratch,
 )
 
 
@@ -128,7 +130,7 @@ def batch_backward(
         coef = coef + left_coef
     else:
         offset = None
-    centred = torch.sub(x4, centre, out=neg_dd)  # neg_dd's storage is free again
+    centred = torch.sub(x4, centre, out=scratch(neg_dd))  # neg_dd's storage is free again
     dx4 = g.addcmul_(centred, coef)
     if offset is not None:
         dx4 = dx4.add_(offset)
@@ -176,6 +178,6 @@ def evonorm_batch_fused(
     """B0/B1/B2 with the lean backward: (output, batch variance). ``None`` parameters act as 1, 1, 0."""
     v_t, w_t, b_t, record = default_parameters(x, v, weight, bias)
     if record:
-        return EvoNormBatchFunction.apply(x.contiguous(), v_t, w_t, b_t, left_var, variant, eps, apply_act)
-    y, batch_var = run_kernel(batch_forward, current_mode(), x.contiguous(), variant, v_t, w_t, b_t, left_var, eps, apply_act)[:2]
+        return EvoNormBatchFunction.apply(kernel_layout(x), v_t, w_t, b_t, left_var, variant, eps, apply_act)
+    y, batch_var = run_kernel(batch_forward, current_mode(), kernel_layout(x), variant, v_t, w_t, b_t, left_var, eps, apply_act)[:2]
     return y, batch_var

@@ -124,10 +124,28 @@ _failed_configurations: Dict[Tuple, str] = {}
 _COMPILE_PARAMETERS = inspect.signature(torch.compile).parameters
 
 
+def channels_last(x: Tensor) -> bool:
+    """Whether x is stored channels-last (NHWC / NDHWC) rather than contiguous."""
+    if x.is_contiguous():
+        return False
+    if x.dim() == 4:
+        return x.is_contiguous(memory_format=torch.channels_last)
+    return x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def kernel_layout(x: Tensor) -> Tensor:
+    """x itself when contiguous or channels-last, else a contiguous copy.
+
+    The kernels work on the (N, G, C/G, L) view, which both layouts allow without a copy (C splits into
+    G·C/G with strides (C/G, 1) channels-last; the spatial axes merge into L), and write their output
+    in x's layout, so a channels-last network stays channels-last.
+    """
+    return x if x.is_contiguous() or channels_last(x) else x.contiguous()
+
+
 def _describe(arg: Any) -> Any:
     if isinstance(arg, Tensor):
-        layout = "channels_last" if arg.dim() == 4 and not arg.is_contiguous() and arg.is_contiguous(memory_format=torch.channels_last) else "strided"
-        return (arg.dtype, arg.device, layout)
+        return (arg.dtype, arg.device, channels_last(arg))
     return arg
 
 
@@ -236,9 +254,17 @@ def affine_output(x: Tensor, a: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """
     if torch.is_grad_enabled() and (a.requires_grad or scale.requires_grad or shift.requires_grad):
         return torch.addcmul(shift, a, scale).reshape(x.shape).to(x.dtype)  # double backward: out= has no autograd
-    out = torch.empty(x.shape, dtype=a.dtype, device=a.device)
+    if torch.compiler.is_compiling():  # Inductor allocates and fuses itself; dynamo rejects out= views
+        return torch.addcmul(shift, a, scale).reshape(x.shape).to(x.dtype)
+    out = torch.empty_like(x, dtype=a.dtype)  # x's memory format, whose grouped view is a's
     torch.addcmul(shift, a, scale, out=out.view(a.shape))
     return out.to(x.dtype)
+
+
+def scratch(buffer: Tensor) -> Optional[Tensor]:
+    """``buffer`` as an ``out=`` argument in eager mode (a full-size tensor no longer needed, reused to
+    spare an allocation), ``None`` under torch.compile, which allocates and fuses by itself."""
+    return None if torch.compiler.is_compiling() else buffer
 
 
 def channel_sums(t: Tensor, keep_batch: bool) -> Tensor:

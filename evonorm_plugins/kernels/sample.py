@@ -25,9 +25,11 @@ from .common import (
     default_parameters,
     differentiable_backward,
     group_moments,
+    kernel_layout,
     current_mode,
     per_channel,
     run_kernel,
+    scratch,
 )
 
 
@@ -86,7 +88,7 @@ def sample_backward(
         da.mul_(vx.mul_(one_minus_s).add_(1.0).mul_(s))
     # x − mean is formed first: coef·x − coef·mean would cancel two large products, which in float32
     # loses the gradient where a group holds one value (C = groups at 1×1).
-    centred = torch.sub(x4, mean, out=a) if apply_act else x4 - mean  # a's storage is free again
+    centred = torch.sub(x4, mean, out=scratch(a)) if apply_act else x4 - mean  # a's storage is free again
     dx4 = da.addcmul_(centred, coef)
     return dx4.reshape(x.shape).to(x.dtype), d_v, d_weight, d_bias
 
@@ -122,5 +124,5 @@ def evonorm_sample_fused(
     """S0/S1/S2 with the lean backward; ``None`` parameters act as 1, 1, 0 and receive no gradient."""
     v_t, w_t, b_t, record = default_parameters(x, v, weight, bias)
     if record:
-        return EvoNormSampleFunction.apply(x.contiguous(), v_t, w_t, b_t, variant, groups, eps, apply_act)
-    return run_kernel(sample_forward, current_mode(), x.contiguous(), variant, groups, v_t, w_t, b_t, eps, apply_act)[0]
+        return EvoNormSampleFunction.apply(kernel_layout(x), v_t, w_t, b_t, variant, groups, eps, apply_act)
+    return run_kernel(sample_forward, current_mode(), kernel_layout(x), variant, groups, v_t, w_t, b_t, eps, apply_act)[0]
