@@ -4,7 +4,7 @@ import inspect
 import os
 import types
 import warnings
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, overload
 
 import torch
 from torch import Tensor
@@ -43,24 +43,26 @@ _mode = _mode_from_environment()
 
 
 class KernelMode:
-    """A kernel mode in force: returned by :func:`set_kernel_mode` (already switched) and by
-    ``kernel_mode(mode)`` (switched on ``__enter__``); leaving a ``with`` block restores the mode that
-    was in force when the block was entered, also on an exception."""
+    """A kernel mode as a context manager. ``kernel_mode(mode)`` switches on ``__enter__``;
+    :func:`set_kernel_mode` has switched already. Leaving the ``with`` block, also by an exception,
+    restores the mode in force before the switch."""
 
     def __init__(self, mode: str, switch_now: bool) -> None:
         self.mode = _check_mode(mode)
-        self._previous: list = []
+        self._restore: List[str] = []  # a stack: one object may be entered again inside its own block
+        self._switched_at_init = switch_now
         if switch_now:
-            self._previous.append(_switch(mode))
+            self._restore.append(_switch(mode))
 
     def __enter__(self) -> "KernelMode":
-        self._previous.append(_switch(self.mode))
+        if self._switched_at_init:
+            self._switched_at_init = False  # ``with set_kernel_mode(m):`` undoes the switch set made
+        else:
+            self._restore.append(_switch(self.mode))
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        _switch(self._previous.pop())
-        if self._previous:  # set_kernel_mode(m) used as ``with``: undo the switch it made too
-            _switch(self._previous.pop())
+        _switch(self._restore.pop())
 
     def __repr__(self) -> str:
         return f"KernelMode({self.mode!r})"
@@ -94,7 +96,15 @@ def set_kernel_mode(mode: str) -> KernelMode:
     return KernelMode(mode, switch_now=True)
 
 
-def kernel_mode(mode: Optional[str] = None) -> Any:
+@overload
+def kernel_mode() -> str: ...
+
+
+@overload
+def kernel_mode(mode: str) -> KernelMode: ...
+
+
+def kernel_mode(mode: Optional[str] = None) -> Union[str, KernelMode]:
     """``kernel_mode()``: the name of the mode in force. ``kernel_mode(mode)``: a context manager that
     runs its block in ``mode`` and then restores the previous one::
 
