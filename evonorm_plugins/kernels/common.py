@@ -247,6 +247,13 @@ def group_moments(x4: Tensor) -> Tuple[Tensor, Tensor]:
     for constant groups, so the variance read back from it is exact to rounding.
     """
     n, g, cg, length = x4.shape
+    if torch.compiler.is_compiling() and not x4.is_contiguous():
+        # channels-last under Inductor: moments per channel over L (a reduction it vectorizes across the
+        # contiguous channels), then per group: variance = mean channel variance + variance of the means.
+        var_c, mean_c = torch.var_mean(x4, dim=3, keepdim=True, correction=0)
+        mean = mean_c.mean(dim=2, keepdim=True)
+        spread = mean_c - mean
+        return mean, (var_c + spread * spread).mean(dim=2, keepdim=True)
     _, mean, rstd = torch.native_group_norm(x4.reshape(n, g * cg, length), None, None, n, g * cg, length, g, 1e-30)
     return mean.view(n, g, 1, 1), rstd.pow(-2).view(n, g, 1, 1)
 
@@ -278,8 +285,13 @@ def scratch(buffer: Tensor) -> Optional[Tensor]:
 
 
 def channel_sums(t: Tensor, keep_batch: bool) -> Tensor:
-    """Σ over the spatial axis (and the batch unless ``keep_batch``), keeping 4-D shape."""
-    return t.sum(dim=3, keepdim=True) if keep_batch else t.sum(dim=(0, 3), keepdim=True)
+    """Σ over the spatial axis (and the batch unless ``keep_batch``), keeping 4-D shape.
+
+    The batch is summed second, over the small per-instance sums: every full-size reduction of a
+    backward then has the same loop structure, which Inductor fuses into one pass over its inputs.
+    """
+    per_instance = t.sum(dim=3, keepdim=True)
+    return per_instance if keep_batch else per_instance.sum(dim=0, keepdim=True)
 
 
 def differentiable_backward(
