@@ -29,8 +29,8 @@ from .common import (
     kernel_layout,
     current_mode,
     per_channel,
+    per_input,
     run_kernel,
-    scratch,
 )
 
 
@@ -130,7 +130,12 @@ def batch_backward(
         coef = coef + left_coef
     else:
         offset = None
-    centred = torch.sub(x4, centre, out=scratch(neg_dd))  # neg_dd's storage is free again
+    if torch.compiler.is_compiling():  # the last op in x's shape, so dx is laid out like x
+        dx = torch.addcmul(g.reshape(x.shape), (x4 - centre).reshape(x.shape), per_input(coef, x4, x))
+        if offset is not None:
+            dx = dx + per_input(offset, x4, x)
+        return dx.to(x.dtype), d_v, d_weight, d_bias
+    centred = torch.sub(x4, centre, out=neg_dd)  # neg_dd's storage is free again
     dx4 = g.addcmul_(centred, coef)
     if offset is not None:
         dx4 = dx4.add_(offset)

@@ -21,6 +21,7 @@ from torch import Tensor
 from .common import (
     affine_output,
     channel_sums,
+    channels_last,
     compute_dtype,
     default_parameters,
     differentiable_backward,
@@ -28,8 +29,8 @@ from .common import (
     kernel_layout,
     current_mode,
     per_channel,
+    per_input,
     run_kernel,
-    scratch,
 )
 
 
@@ -42,17 +43,38 @@ def _group_stats(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor]:
     return mean, torch.rsqrt(var + eps)
 
 
+def _layout(x: Tensor, groups: int) -> Tuple[int, Tuple[int, int, int, int]]:
+    """The view the element-wise work runs on: grouped (N, G, C/G, L) for a contiguous x, per channel
+    (N, 1, C, L) for a channels-last one, whose contiguous axis is C (the grouped view would leave loops
+    over C/G channels, e.g. 4, to vectorize)."""
+    n, c = x.shape[0], x.shape[1]
+    length = x.numel() // (n * c) if n * c else 0
+    if channels_last(x):
+        return 1, (n, 1, c, length)
+    return groups, (n, groups, c // groups, length)
+
+
+def _per_view(stat: Tensor, shape: Tuple[int, int, int, int]) -> Tensor:
+    """A per-group statistic (N, G, 1, 1) broadcastable against the view."""
+    if shape[1] == stat.shape[1]:
+        return stat
+    n, g = stat.shape[0], stat.shape[1]
+    return stat.expand(n, g, shape[2] // g, 1).reshape(n, 1, shape[2], 1)
+
+
 def sample_forward(
     x: Tensor, variant: int, groups: int, v: Tensor, weight: Tensor, bias: Tensor, eps: float, apply_act: bool
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Output (in x's dtype) and the statistics backward needs: group mean and r."""
+    """Output (in x's dtype) and the statistics backward needs: group mean and r, (N, G, 1, 1)."""
     n, c = x.shape[0], x.shape[1]
     dtype = compute_dtype(x)
-    x4 = x.to(dtype).reshape(n, groups, c // groups, -1)
-    mean, r = _group_stats(x4, variant, eps)
-    a = x4 * torch.sigmoid(x4 * per_channel(v, groups, dtype)) if apply_act else x4
-    scale = r * per_channel(weight, groups, dtype)  # (N, G, C/G, 1): r·γ, small
-    return affine_output(x, a, scale, per_channel(bias, groups, dtype)), mean, r
+    xd = x.to(dtype)
+    mean, r = _group_stats(xd.reshape(n, groups, c // groups, -1), variant, eps)
+    view_groups, shape = _layout(x, groups)
+    x4 = xd.reshape(shape)
+    a = x4 * torch.sigmoid(x4 * per_channel(v, view_groups, dtype)) if apply_act else x4
+    scale = _per_view(r, shape) * per_channel(weight, view_groups, dtype)  # r·γ, small
+    return affine_output(x, a, scale, per_channel(bias, view_groups, dtype)), mean, r
 
 
 def sample_backward(
@@ -62,23 +84,25 @@ def sample_backward(
     """The closed-form gradients (dx, dv, dγ, dβ) from the input and the forward's statistics."""
     n, c = x.shape[0], x.shape[1]
     dtype = compute_dtype(x)
-    x4 = x.to(dtype).reshape(n, groups, c // groups, -1)
-    dy4 = dy.to(dtype).reshape(x4.shape)
-    gamma = per_channel(weight, groups, dtype)
+    view_groups, shape = _layout(x, groups)
+    x4 = x.to(dtype).reshape(shape)
+    dy4 = dy.to(dtype).reshape(shape)
+    gamma = per_channel(weight, view_groups, dtype)
+    r_v, mean_v = _per_view(r, shape), _per_view(mean, shape)
     # Fresh full-size tensors are few and updated in place: on CPU each new one costs page faults.
     if apply_act:
-        vx = x4 * per_channel(v, groups, dtype)
+        vx = x4 * per_channel(v, view_groups, dtype)
         s = torch.sigmoid(vx)
         a = x4 * s
     else:
         a = x4
-    dy_a = channel_sums(dy4 * a, keep_batch=True)  # Σ_L dy·a per (N, G, C/G, 1)
-    d_weight = (dy_a * r).sum(0).reshape(c) if needs_weight else None
+    dy_a = channel_sums(dy4 * a, keep_batch=True)  # Σ_L dy·a per instance and channel
+    d_weight = (dy_a * r_v).sum(0).reshape(c) if needs_weight else None
     d_bias = channel_sums(dy4, keep_batch=False).reshape(c) if needs_bias else None
-    d_stat = -0.5 * r ** 3 * (dy_a * gamma).sum(dim=2, keepdim=True)  # (N, G, 1, 1)
-    m = x4.shape[2] * x4.shape[3]
-    coef = d_stat * (2.0 / m)  # the statistic adds coef·(x − mean) to dx
-    da = dy4 * (gamma * r)
+    d_stat = -0.5 * r ** 3 * (dy_a * gamma).reshape(n, groups, c // groups, 1).sum(dim=2, keepdim=True)  # (N, G, 1, 1)
+    m = (c // groups) * shape[3]
+    coef = _per_view(d_stat * (2.0 / m), shape)  # the statistic adds coef·(x − mean) to dx
+    da = dy4 * (gamma * r_v)
     d_v = None
     if apply_act:
         one_minus_s = torch.rsub(s, 1.0)
@@ -88,7 +112,10 @@ def sample_backward(
         da.mul_(vx.mul_(one_minus_s).add_(1.0).mul_(s))
     # x − mean is formed first: coef·x − coef·mean would cancel two large products, which in float32
     # loses the gradient where a group holds one value (C = groups at 1×1).
-    centred = torch.sub(x4, mean, out=scratch(a)) if apply_act else x4 - mean  # a's storage is free again
+    if torch.compiler.is_compiling():  # the last op in x's shape, so dx is laid out like x
+        dx = torch.addcmul(da.reshape(x.shape), (x4 - mean_v).reshape(x.shape), per_input(coef, x4, x))
+        return dx.to(x.dtype), d_v, d_weight, d_bias
+    centred = torch.sub(x4, mean_v, out=a) if apply_act else x4 - mean_v  # a's storage is free again
     dx4 = da.addcmul_(centred, coef)
     return dx4.reshape(x.shape).to(x.dtype), d_v, d_weight, d_bias
 
