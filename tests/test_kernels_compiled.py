@@ -129,6 +129,24 @@ def test_no_compiler_warns_once_and_runs_the_eager_kernels(monkeypatch):
         torch._dynamo.reset()
 
 
+def test_torch_compile_unavailable_warns_and_runs_the_eager_kernels(monkeypatch):
+    def unavailable(fn, **options):
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    monkeypatch.setattr(common.torch, "compile", unavailable)
+    common.reset_compiled_kernels()
+    try:
+        layer = ALL_LAYERS["S0"](8, groups=4)
+        x = torch.randn(2, 8, 3, 3)
+        with pytest.warns(common.KernelCompileWarning, match="Dynamo is not supported"):
+            with F.kernel_mode("compiled"), torch.no_grad():
+                y = layer(x)
+        with F.kernel_mode("eager"), torch.no_grad():
+            torch.testing.assert_close(y, layer(x), rtol=0, atol=0)
+    finally:
+        common.reset_compiled_kernels()
+
+
 def test_exceeding_the_recompile_budget_is_said_not_silent(counting_backend, monkeypatch):
     monkeypatch.setattr(common, "RECOMPILE_LIMIT", 1)
     layer = ALL_LAYERS["S0"](8, groups=4)

@@ -194,7 +194,12 @@ def run_kernel(fn: Callable, mode: str, *args: Any) -> Any:
         return fn(*args)
     compiled = _compiled.get(key)
     if compiled is None:
-        compiled = _compiled[key] = _compile(fn)
+        try:
+            compiled = _compiled[key] = _compile(fn)
+        except Exception as error:  # torch.compile unavailable here (e.g. a Python version dynamo lacks)
+            _failed_devices[device] = repr(error)
+            _warn_fallback(f"on {device}", error)
+            return fn(*args)
     try:
         # Without duck sizing, sizes that happen to be equal on the first call (H = W) get symbols of
         # their own, so a later H ≠ W does not recompile.
