@@ -8,13 +8,13 @@ import torch
 from torch import Tensor
 
 from .kernels.batch import evonorm_batch_fused
-from .kernels.common import compute_dtype, kernel_mode
+from .kernels.common import compute_dtype, current_mode
 from .kernels.sample import evonorm_sample_fused
 
 
 @torch.jit.unused
 def use_lean_kernels(x: Tensor) -> bool:
-    if kernel_mode() == "reference" or x.numel() == 0 or x.dim() < 3 or not x.is_floating_point():
+    if current_mode() == "reference" or x.numel() == 0 or x.dim() < 3 or not x.is_floating_point():
         return False
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return False

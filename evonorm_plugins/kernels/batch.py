@@ -26,9 +26,11 @@ from .common import (
     default_parameters,
     differentiable_backward,
     group_moments,
-    kernel,
-    kernel_mode,
+    kernel_layout,
+    current_mode,
     per_channel,
+    per_input,
+    run_kernel,
 )
 
 
@@ -100,8 +102,7 @@ def batch_backward(
     g = (dy4 * per_channel(weight, 1, dtype)).mul_(inv_d)  # ∂L/∂x through x/d at fixed d
     neg_dd = out.mul_(g)  # −∂L/∂d
     total = channel_sums(neg_dd, keep_batch=True)
-    coef = torch.zeros_like(inst)  # the statistics add coef·x + offset to dx
-    offset = torch.zeros_like(inst)
+    coef = torch.zeros_like(inst)  # the instance statistic adds coef·(x − μ_L) (B0) or coef·x (B1, B2) to dx
     d_v = None
     if apply_act:
         neg_dright = neg_dd.mul_(wins)  # −∂L/∂right where right is the max
@@ -112,28 +113,42 @@ def batch_backward(
                 d_v = -channel_sums(neg_dright * x4, keep_batch=False).reshape(c)
             g.addcmul_(neg_dright, vv, value=-1.0)
             coef = -right_sum / (length * inst)
-            offset = -coef * inst_mean
         elif variant == 1:
             g.addcmul_(neg_dright, inst, value=-1.0)
             coef = -(channel_sums(neg_dright * x4, keep_batch=True) + right_sum) / (length * inst)
         else:
             g.add_(neg_dright)
             coef = -right_sum / (length * inst)
+    # dx = g + coef·(x − μ_inst) + left_coef·(x − μ_batch) (μ_inst = 0 for B1, B2), written as
+    # g + (coef + left_coef)·(x − centre) + offset with one centre per instance and a small offset.
+    # The centred x − centre is formed first: coef·x − coef·μ would cancel two large products, which in
+    # float32 loses the gradient where a statistic covers one value (N·H·W = 1 or H·W = 1).
+    centre = inst_mean if variant == 0 else batch_mean  # batch_mean is 0 in eval
     if batch_statistics:
         left_coef = -total.sum(dim=0, keepdim=True) / (n * length * left)
+        offset = left_coef * (inst_mean - batch_mean) if variant == 0 else coef * batch_mean
         coef = coef + left_coef
-        offset = offset - left_coef * batch_mean
-    dx4 = g.addcmul_(x4, coef).add_(offset)
+    else:
+        offset = None
+    if torch.compiler.is_compiling():  # the last op in x's shape, so dx is laid out like x
+        dx = torch.addcmul(g.reshape(x.shape), (x4 - centre).reshape(x.shape), per_input(coef, x4, x))
+        if offset is not None:
+            dx = dx + per_input(offset, x4, x)
+        return dx.to(x.dtype), d_v, d_weight, d_bias
+    centred = torch.sub(x4, centre, out=neg_dd)  # neg_dd's storage is free again
+    dx4 = g.addcmul_(centred, coef)
+    if offset is not None:
+        dx4 = dx4.add_(offset)
     return dx4.reshape(x.shape).to(x.dtype), d_v, d_weight, d_bias
 
 
 class EvoNormBatchFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, v: Tensor, weight: Tensor, bias: Tensor, left_var: Optional[Tensor], variant: int, eps: float, apply_act: bool):  # type: ignore[override]
-        y, batch_var, batch_mean, left, inst_mean, inst = kernel(batch_forward)(x, variant, v, weight, bias, left_var, eps, apply_act)
+        y, batch_var, batch_mean, left, inst_mean, inst = run_kernel(batch_forward, current_mode(), x, variant, v, weight, bias, left_var, eps, apply_act)
         ctx.save_for_backward(x, v, weight, batch_mean, left, inst_mean, inst)
         ctx.config = (variant, apply_act, left_var is None)
-        ctx.mode = kernel_mode()  # backward runs the kernels its forward ran
+        ctx.mode = current_mode()  # backward runs the kernels its forward ran
         ctx.bias, ctx.left_var, ctx.eps = bias, left_var, eps  # for a double backward only
         ctx.mark_non_differentiable(batch_var)
         return y, batch_var
@@ -149,8 +164,8 @@ class EvoNormBatchFunction(torch.autograd.Function):
                 (x, v, weight, bias), ctx.needs_input_grad[:4], dy,
             )
             return (*grads, None, None, None, None)
-        grads = kernel(batch_backward, ctx.mode)(
-            dy, x, v, weight, batch_mean, left, inst_mean, inst, variant, apply_act, batch_statistics, *ctx.needs_input_grad[1:4]
+        grads = run_kernel(
+            batch_backward, ctx.mode, dy, x, v, weight, batch_mean, left, inst_mean, inst, variant, apply_act, batch_statistics, *ctx.needs_input_grad[1:4]
         )
         return (*grads, None, None, None, None)
 
@@ -168,6 +183,6 @@ def evonorm_batch_fused(
     """B0/B1/B2 with the lean backward: (output, batch variance). ``None`` parameters act as 1, 1, 0."""
     v_t, w_t, b_t, record = default_parameters(x, v, weight, bias)
     if record:
-        return EvoNormBatchFunction.apply(x.contiguous(), v_t, w_t, b_t, left_var, variant, eps, apply_act)
-    y, batch_var = kernel(batch_forward)(x.contiguous(), variant, v_t, w_t, b_t, left_var, eps, apply_act)[:2]
+        return EvoNormBatchFunction.apply(kernel_layout(x), v_t, w_t, b_t, left_var, variant, eps, apply_act)
+    y, batch_var = run_kernel(batch_forward, current_mode(), kernel_layout(x), variant, v_t, w_t, b_t, left_var, eps, apply_act)[:2]
     return y, batch_var

@@ -57,3 +57,25 @@ def test_several_dtypes_in_one_run(tmp_path):
 def test_presets_are_valid_shapes():
     for shapes in bench.PRESETS.values():
         assert all(len(bench.parse_shape(s)) == 4 for s in shapes)
+
+
+def test_modes_channels_last_and_varying_sizes(tmp_path):
+    """Rows in another kernel mode and on channels_last input, and the varying-sizes table with its
+    graph counts (the eager kernels compile nothing)."""
+    out = tmp_path / "layers.csv"
+    rows = bench.main([
+        "--shapes", "2x32x6x6", "--layers", "S0", "--modes", "reference", "--channels-last", "--varying",
+        "--varying-sizes", "2x32x6x6", "2x32x5x7", "--repeats", "2", "--warmup", "0", "--csv", str(out),
+    ])
+    labels = {row["layer"] for row in rows if "shape" in row}
+    assert {"EvoNormS0 reference", "EvoNormS0 channels_last", "BN+ReLU channels_last", "GN+ReLU channels_last"} <= labels
+    by_label = {row["layer"]: row for row in rows if "shape" in row}
+    assert by_label["EvoNormS0 reference"]["saved_x_input"] > 2  # the reference path keeps intermediates
+    # channels_last keeps the same: the input itself (no contiguous copy) and the small statistics
+    assert by_label["EvoNormS0 channels_last"]["saved_MiB"] == by_label["EvoNormS0"]["saved_MiB"]
+    varying = [row for row in rows if "sizes" in row]
+    assert {row["memory_format"] for row in varying} == {"contiguous", "channels_last"}
+    assert [row["graphs_later_passes"] for row in varying] == [0] * len(varying)
+    assert all(row["later_pass_ms"] > 0 for row in varying)
+    with (tmp_path / "layers_varying.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(varying)

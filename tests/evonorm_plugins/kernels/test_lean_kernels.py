@@ -64,11 +64,8 @@ def test_only_the_input_and_small_statistics_are_saved(name, dtype):
     input_bytes = x.numel() * x.element_size()
     saved = _saved_bytes(layer, x)
     assert input_bytes <= saved <= input_bytes * 1.02
-    try:
-        F.set_kernel_mode("reference")
+    with F.kernel_mode("reference"):
         assert _saved_bytes(layer, x) >= 2 * input_bytes  # the reference path keeps intermediates
-    finally:
-        F.set_kernel_mode("eager")
 
 
 @pytest.mark.parametrize("name", list(ALL_LAYERS))
@@ -94,7 +91,7 @@ def test_channels_last_and_double_backward(name):
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
-def test_compiled_mode_equals_reference_and_backward_keeps_its_mode():
+def test_compiled_mode_equals_reference_and_backward_keeps_its_mode(inductor):
     """The "compiled" mode runs the same kernels through torch.compile (Inductor's C++ on CPU)."""
     for cls in (ALL_LAYERS["B0"], ALL_LAYERS["S0"]):
         layer = cls(16, groups=4)
@@ -102,11 +99,8 @@ def test_compiled_mode_equals_reference_and_backward_keeps_its_mode():
         x = torch.randn(4, 16, 6, 6) * 2
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         y_ref, running_ref = _reference(layer, xa)
-        try:
-            F.set_kernel_mode("compiled")
+        with F.kernel_mode("compiled"):
             y = layer(xb)
-        finally:
-            F.set_kernel_mode("eager")
         grad = torch.randn_like(y)
         y.backward(grad)  # after the mode was switched back: backward still runs compiled
         y_ref.backward(grad)
@@ -114,5 +108,5 @@ def test_compiled_mode_equals_reference_and_backward_keeps_its_mode():
         torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-5)
         if running_ref is not None:
             torch.testing.assert_close(layer.running_var, running_ref)
-    with pytest.raises(ValueError, match=r"unknown kernel mode 'fast'; choose one of eager, compiled, reference"):
+    with pytest.raises(ValueError, match=r"unknown kernel mode 'fast'; choose one of compiled, eager, reference"):
         F.set_kernel_mode("fast")

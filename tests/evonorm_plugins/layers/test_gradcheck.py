@@ -11,9 +11,8 @@ from support import ALL_LAYERS, randomize_parameters
 @pytest.fixture(params=["eager", "reference"])
 def kernels(request):
     """Run each check through the lean kernels and through the reference implementation."""
-    F.set_kernel_mode(request.param)
-    yield request.param
-    F.set_kernel_mode("eager")
+    with F.kernel_mode(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("name", list(ALL_LAYERS))

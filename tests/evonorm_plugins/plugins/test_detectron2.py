@@ -132,16 +132,18 @@ def test_changing_only_norm_in_detectron2s_gn_config_places_the_layers_the_paper
     project = build("evonorm_s0").eval()
     assert evonorm_sites(model) == evonorm_sites(project)  # 41 activating, 28 not, at the same places
     model.load_state_dict(project.state_dict())  # strict: detectron2's weights layout
-    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    x, box_rois, mask_rois = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE), torch.randn(3, 256, 7, 7), torch.randn(3, 256, 14, 14)
     with torch.no_grad(), ActivationAfterNorm(model) as watch:
         features = model.backbone(x)
-        box = model.roi_heads.box_head(torch.randn(3, 256, 7, 7))
-        mask = model.roi_heads.mask_head.layers(torch.randn(3, 256, 14, 14))
+        box = model.roi_heads.box_head(box_rois)
+        mask = model.roi_heads.mask_head.layers(mask_rois)
     assert watch.checked > 0 and not watch.violations
     with torch.no_grad():
         expected = project.backbone(x)
         for level in expected:
             torch.testing.assert_close(features[level], expected[level])
+        torch.testing.assert_close(box, project.roi_heads.box_head(box_rois))
+        torch.testing.assert_close(mask, project.roi_heads.mask_head.layers(mask_rois))
 
 
 def test_placement_reaches_retinanet_and_semantic_segmentation_heads_and_leaves_gn_alone():
