@@ -21,7 +21,7 @@ from typing import Any, List, Optional, Protocol, Tuple
 from ..evaluator import Outcome
 from .inline import InlineExecutor
 from .local import ProcessExecutor
-from .policy import Attempt, RetryPolicy, Task
+from .policy import Attempt, Key, RetryPolicy, Task
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,9 @@ class Executor(Protocol):
 
     capacity: int
 
-    def submit(self, key: int, fn: Task, *args: Any) -> None: ...
+    def submit(self, key: Key, fn: Task, *args: Any) -> None: ...
 
-    def wait(self, timeout: Optional[float] = None) -> List[Tuple[int, Outcome]]: ...
+    def wait(self, timeout: Optional[float] = None) -> List[Tuple[Key, Outcome]]: ...
 
     def shutdown(self) -> None: ...
 
@@ -67,5 +67,5 @@ def create_executor(config: ExecutorConfig) -> Executor:
     return ProcessExecutor(config)
 
 
-__all__ = ["Attempt", "Executor", "ExecutorConfig", "InlineExecutor", "ProcessExecutor", "RetryPolicy", "Task",
+__all__ = ["Attempt", "Executor", "ExecutorConfig", "InlineExecutor", "Key", "ProcessExecutor", "RetryPolicy", "Task",
            "create_executor"]

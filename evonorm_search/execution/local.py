@@ -8,7 +8,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Deque, List, Optional, Tuple
 
 from ..evaluator import Outcome
-from .policy import Attempt, Task, failed
+from .policy import Attempt, Key, Task, failed
 
 if TYPE_CHECKING:
     from . import ExecutorConfig
@@ -63,7 +63,7 @@ class ProcessExecutor:
         self.policy = config.policy
         self._queue: Deque[Attempt] = deque()
 
-    def submit(self, key: int, fn: Task, *args: Any) -> None:
+    def submit(self, key: Key, fn: Task, *args: Any) -> None:
         self._queue.append(Attempt(key, fn, args))
         self._dispatch()
 
@@ -98,7 +98,7 @@ class ProcessExecutor:
             raise RuntimeError(f"a search worker process died while starting (exit code {code}); run "
                                f"`python -c 'import evonorm_search.evaluator'` to see why, or use --workers 0")
 
-    def wait(self, timeout: Optional[float] = None) -> List[Tuple[int, Outcome]]:
+    def wait(self, timeout: Optional[float] = None) -> List[Tuple[Key, Outcome]]:
         if not self._queue and all(w.running is None for w in self._workers):
             return []
         starting = [w for w in self._workers if not w.ready]
@@ -108,7 +108,7 @@ class ProcessExecutor:
         ready = wait([w.connection for w in watched] + [w.process.sentinel for w in watched], wait_for)
         for worker in starting:
             self._start_up(worker, ready)
-        finished: List[Tuple[int, Outcome]] = []
+        finished: List[Tuple[Key, Outcome]] = []
         for worker in busy:
             task = worker.running
             if worker.connection in ready:

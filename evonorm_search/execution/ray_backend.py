@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ..evaluator import Outcome
-from .policy import Attempt, Task, failed
+from .policy import Attempt, Key, Task, failed
 
 if TYPE_CHECKING:
     from . import ExecutorConfig
@@ -48,18 +48,18 @@ class RayExecutor:
         self.policy = config.policy
         self._running: Dict[Any, Attempt] = {}
 
-    def submit(self, key: int, fn: Task, *args: Any) -> None:
+    def submit(self, key: Key, fn: Task, *args: Any) -> None:
         self._submit(Attempt(key, fn, args))
 
     def _submit(self, task: Attempt) -> None:
         task.start()
         self._running[self._remote.remote(self.config.threads_per_worker, task.fn, task.args)] = task
 
-    def wait(self, timeout: Optional[float] = None) -> List[Tuple[int, Outcome]]:
+    def wait(self, timeout: Optional[float] = None) -> List[Tuple[Key, Outcome]]:
         if not self._running:
             return []
         timeout = self.policy.wait_time(timeout, self._running.values())
-        finished: List[Tuple[int, Outcome]] = []
+        finished: List[Tuple[Key, Outcome]] = []
         for ref in self._ready(timeout):
             task = self._running.pop(ref)
             try:

@@ -71,8 +71,8 @@ def test_kill_9_mid_run_loses_and_repeats_nothing(tmp_path):
     log = tmp_path / "evaluated.log"
     script = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(TESTS)!r})
-        from test_search_controller import config, fake_evaluate
+        sys.path[:0] = [{str(TESTS)!r}, {str(TESTS / "evonorm_search")!r}]
+        from test_controller import config, fake_evaluate
         from evonorm_search.controller import Controller
 
         def slow(genome, cfg):
