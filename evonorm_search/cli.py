@@ -5,9 +5,10 @@
     evonorm-search top --store runs/smoke.sqlite -k 10      # best layers, per-architecture scores
     evonorm-search export --store runs/smoke.sqlite -k 3 --out evolved/   # genome JSON the registry loads
     evonorm-search plot --store runs/smoke.sqlite --out plots/             # progress.png, pareto.png
-    evonorm-search rerank --store runs/smoke.sqlite -k 10 --seeds 3 --out rerank/  # longer training, table
+    evonorm-search rerank --store runs/smoke.sqlite -k 10 --seeds 3 --out rerank/  # longer training, held-out table
+    evonorm-search calibrate --config configs/search/calibration.yaml --reference reference --store runs/cal.sqlite --out cal/
 
-``run``, ``resume`` and ``rerank`` take ``--backend local|ray`` (``--address auto|HOST:PORT`` for a Ray cluster),
+``run``, ``resume``, ``rerank`` and ``calibrate`` take ``--backend local|ray`` (``--address auto|HOST:PORT`` for a Ray cluster),
 ``--workers``, ``--in-flight`` and ``--time-limit``, over the config file's ``execution`` section.
 """
 from __future__ import annotations
@@ -157,6 +158,31 @@ def _rerank(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibration import calibrate, calibration_panel, format_calibration, plot_calibration, read_settings
+
+    data = _read_config_file(args.config)
+    settings = {s.name: s for s in read_settings(data, str(args.config))}
+    if args.reference not in settings:
+        raise ValueError(f"calibration config {str(args.config)!r} has no setting {args.reference!r} to use as the "
+                         f"reference; its settings: {', '.join(settings)}")
+    reference = settings.pop(args.reference)
+    panel_options = data.get("panel") or {}
+    panel = calibration_panel(int(panel_options.get("random_genomes", 4)), int(panel_options.get("seed", 0)))
+    seeds = args.seeds or int(data.get("seeds", 2))
+    store = SearchStore(args.store)
+    with _executor(args) as (executor, in_flight):
+        reference_row, rows = calibrate(store, reference, list(settings.values()), panel, seeds, executor, in_flight, _print_progress)
+    print()
+    table = format_calibration(reference_row, rows)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "calibration.md").write_text(f"Calibration ({args.config}, reference {args.reference}, {seeds} seeds)\n\n{table}\n")
+    print(args.out / "calibration.md")
+    print(plot_calibration(reference_row, rows, args.out / "calibration.png"))
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     from .plot import plot_search
 
@@ -202,9 +228,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rerank.add_argument("--export", type=int, default=3, help="best candidates to write as genome JSON (default 3)")
     rerank.add_argument("--prefix", default="evolved_")
     rerank.set_defaults(handler=_rerank, config=None)
-    for command in (run, resume, rerank):
+    calibration = commands.add_parser("calibrate", help="how well each proxy setting ranks a fixed panel of layers like a long reference training")
+    calibration.add_argument("--config", type=Path, required=True, help="calibration YAML (configs/search/calibration.yaml)")
+    calibration.add_argument("--reference", default="reference", help="the setting the others are compared with (default: reference)")
+    calibration.add_argument("--seeds", type=int, help="trainings per layer and setting (default: the file's seeds, else 2)")
+    calibration.add_argument("--out", type=Path, required=True, help="folder for calibration.md and calibration.png")
+    calibration.set_defaults(handler=_calibrate)
+    for command in (run, resume, rerank, calibration):
         _add_execution_flags(command)
-    for command in (run, resume, top, export, plot, rerank):
+    for command in (run, resume, top, export, plot, rerank, calibration):
         command.add_argument("--store", type=Path, required=True, help="the search's SQLite file")
     args = parser.parse_args(argv)
     try:
