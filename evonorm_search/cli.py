@@ -159,7 +159,13 @@ def _rerank(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .calibration import calibrate, calibration_panel, format_calibration, plot_calibration, read_settings
+    from .calibration import (
+        calibrate,
+        calibration_panel,
+        format_calibration,
+        plot_calibration,
+        read_settings,
+    )
 
     data = _read_config_file(args.config)
     settings = {s.name: s for s in read_settings(data, str(args.config))}

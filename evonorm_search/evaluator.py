@@ -20,7 +20,6 @@ from evonorm_plugins.registry import make_layer_class
 from .proxy import ArchitectureConfig, CIFAR10DataModule, train_and_validate
 from .stability import stability_test
 
-
 ACCELERATORS = ("cpu", "cuda", "gpu", "mps", "tpu", "xla", "auto")
 
 
