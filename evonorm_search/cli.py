@@ -7,8 +7,9 @@
     evonorm-search plot --store runs/smoke.sqlite --out plots/             # progress.png, pareto.png
     evonorm-search rerank --store runs/smoke.sqlite -k 10 --seeds 3 --out rerank/  # longer training, held-out table
     evonorm-search calibrate --config configs/search/calibration.yaml --reference reference --store runs/cal.sqlite --out cal/
+    evonorm-search ablate --config configs/search/cpu.yaml --seeds 3 --out runs/ablation/   # evolution vs random search
 
-``run``, ``resume``, ``rerank`` and ``calibrate`` take ``--backend local|ray`` (``--address auto|HOST:PORT`` for a Ray cluster),
+``run``, ``resume``, ``rerank``, ``calibrate`` and ``ablate`` take ``--backend local|ray`` (``--address auto|HOST:PORT`` for a Ray cluster),
 ``--workers``, ``--in-flight`` and ``--time-limit``, over the config file's ``execution`` section.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ import yaml
 from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import UnknownLayerError
 
+from .ablation import ARMS
 from .config import SearchConfig, execution_config
 from .controller import Controller
 from .execution import Executor, ExecutorConfig, create_executor
@@ -189,6 +191,26 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablate(args: argparse.Namespace) -> int:
+    from .ablation import ablate, format_ablation, plot_ablation
+
+    config = load_config(args.config)
+    if args.budget is not None:
+        config = replace(config, budget=args.budget)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with _executor(args) as (executor, in_flight):
+        results = ablate(config, args.seeds, args.out, tuple(args.arms), args.top, executor=executor, in_flight=in_flight,
+                         progress=_print_progress)
+    print()
+    table = format_ablation(results, args.top)
+    print(table)
+    (args.out / "ablation.md").write_text(
+        f"Ablation of {args.config}: budget {config.budget} candidates per run, {args.seeds} seeds, held-out top-{args.top}\n\n{table}\n")
+    print(args.out / "ablation.md")
+    print(plot_ablation(results, args.out / "ablation.png"))
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     from .plot import plot_search
 
@@ -240,7 +262,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     calibration.add_argument("--seeds", type=int, help="trainings per layer and setting (default: the file's seeds, else 2)")
     calibration.add_argument("--out", type=Path, required=True, help="folder for calibration.md and calibration.png")
     calibration.set_defaults(handler=_calibrate)
-    for command in (run, resume, rerank, calibration):
+    ablation = commands.add_parser("ablate", help="evolution vs random search, with and without rejection, at equal budget over seeds")
+    ablation.add_argument("--config", type=Path, required=True, help="the search config every arm starts from")
+    ablation.add_argument("--seeds", type=int, default=3)
+    ablation.add_argument("--budget", type=int, help="candidates per run (default: the config's budget)")
+    ablation.add_argument("--top", type=int, default=5, help="each run's best candidates scored on the held-out part (default 5)")
+    ablation.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ablation.add_argument("--out", type=Path, required=True, help="folder for each run's store, ablation.md and ablation.png")
+    ablation.set_defaults(handler=_ablate)
+    for command in (run, resume, rerank, calibration, ablation):
         _add_execution_flags(command)
     for command in (run, resume, top, export, plot, rerank, calibration):
         command.add_argument("--store", type=Path, required=True, help="the search's SQLite file")
