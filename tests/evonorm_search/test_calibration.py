@@ -99,3 +99,12 @@ def test_the_shipped_calibration_config_and_the_command(tmp_path, trainer, monke
     assert "has no setting 'long' to use as the reference; its settings: reference, short" in capsys.readouterr().err
     assert main(args) == 0
     assert "| short |" in (out / "calibration.md").read_text() and (out / "calibration.png").stat().st_size > 0
+
+
+def test_the_cpu_setting_is_full_depth_at_small_batch_with_promotions():
+    from evonorm_search.cli import load_config
+
+    config = load_config(ROOT / "configs" / "search" / "cpu.yaml")
+    assert not config.space.batch_dependent and config.evaluation.batch_size <= 16
+    assert all(a.depth == (3, 4, 6, 3) for a in config.evaluation.architectures if a.name == "resnet50v2")
+    assert config.fidelity.rungs >= 2 and config.evaluation.heldout_fraction > 0
