@@ -116,7 +116,8 @@ def _top(args: argparse.Namespace) -> int:
     architectures = store.architecture_names()
     for rank, candidate in enumerate(store.top(getattr(args, "k", 10)), start=1):
         scores = ", ".join(f"{name} {score:.3f}" for name, score in zip(architectures, candidate.scores or ()))
-        print(f"{rank:3d}. [{candidate.hash}] {scores}  {candidate.genome.formula()}")
+        rung = f" (rung {candidate.rung})" if candidate.rung else ""
+        print(f"{rank:3d}. [{candidate.hash}] {scores}{rung}  {candidate.genome.formula()}")
     for name, result in (store.get_meta("baselines") or {}).items():
         scores = ", ".join(f"{a} {s:.3f}" for a, s in zip(architectures, result)) if isinstance(result, list) else result
         print(f"     baseline {name}: {scores}")
