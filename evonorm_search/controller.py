@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Set, Tuple, Union
 
 from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import get_layer_class, paper_genome
@@ -78,7 +78,7 @@ class Controller:
         self._replay()
         self._finished = self.store.finished_count()
         self._running: Dict[int, Tuple[Genome, Optional[str]]] = {}  # candidate id -> (genome, functional hash)
-        self._promoting: Dict[Tuple[int, int], Genome] = {}  # (candidate id, rung) in flight -> genome
+        self._promoting: Set[Tuple[int, int]] = set()  # (candidate id, rung) of the promotions in flight
         self._running_hashes: Dict[str, int] = {}  # canonical and functional hashes in flight -> candidate id
         self._waiting: Dict[int, List[Tuple[int, Genome]]] = {}  # in-flight id -> its duplicates, resolved with it
         self._error_streak: Tuple[Optional[str], int] = (None, 0)
@@ -124,9 +124,8 @@ class Controller:
         if not recorded:
             self.store.add_promotion(candidate_id, rung)
             self.halving.mark_promoted(candidate_id, rung)
-        genome = self.store.get(candidate_id).genome
-        self._promoting[(candidate_id, rung)] = genome
-        self.executor.submit((candidate_id, rung), self.evaluate_fn, genome,
+        self._promoting.add((candidate_id, rung))
+        self.executor.submit((candidate_id, rung), self.evaluate_fn, self.store.get(candidate_id).genome,
                              self.config.fidelity.evaluation(self.config.evaluation, rung))
 
     def _settle_duplicate(self, candidate_id: int, genome: Genome, original: Candidate) -> None:
@@ -159,7 +158,7 @@ class Controller:
         self._check_systematic_errors(outcome)
 
     def _record_promotion(self, candidate_id: int, rung: int, outcome: Outcome) -> None:
-        del self._promoting[(candidate_id, rung)]
+        self._promoting.remove((candidate_id, rung))
         if outcome.scores is None:
             self.store.reject_promotion(candidate_id, rung, outcome.protocol or "error", outcome.reason, outcome.wall_time)
         else:
