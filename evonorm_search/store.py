@@ -1,9 +1,11 @@
-"""The persistent record of a search: every candidate, its hashes, scores or rejection, in SQLite.
+"""The persistent record of a search in SQLite: every candidate, its hashes, scores or rejection; its
+promotions to higher fidelities (multi-fidelity search); the record of the data split; and named
+trainings (re-ranking, calibration, the ablation's held-out scores).
 
 Each state change is its own committed transaction in SQLite's write-ahead log, so a controller
 killed at any moment, ``kill -9`` included, leaves every finished evaluation on disk and at most some
-candidates ``pending``; a resumed run evaluates those again and replays the finished ones, in the order
-they finished, to rebuild the population. (``synchronous=NORMAL``: a process kill loses nothing; a power
+candidates or promotions ``pending``; a resumed run evaluates those again and replays the finished
+ones, candidates and promotions in the one order they finished, to rebuild the population. (``synchronous=NORMAL``: a process kill loses nothing; a power
 cut may lose the last commits, never the file's consistency. Syncing every commit would cap a search
 at the disk's fsync rate.)
 
