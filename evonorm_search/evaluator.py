@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Optional, Tuple, Type
 
+import torch
 from torch import nn
 
 from evonorm_plugins.graph import Genome
@@ -103,6 +104,14 @@ def evaluate(genome: Genome, config: EvaluationConfig) -> Outcome:
     return Outcome(outcome.scores, outcome.protocol, outcome.reason, time.perf_counter() - start)
 
 
+def _build(architecture: ArchitectureConfig, layer: Type[nn.Module], seed: int) -> nn.Module:
+    """The architecture with its initialization drawn from ``seed``: built before the trainer seeds
+    anything, it would otherwise depend on whatever the process drew before (another candidate, in a
+    worker), and a seed would not set the initialization."""
+    torch.manual_seed(seed)
+    return architecture.build(layer)
+
+
 def evaluate_layer(layer: Type[nn.Module], config: EvaluationConfig) -> Outcome:
     """Quality gate and proxy training of a layer class (a candidate, or a baseline such as
     ``BatchNormReLU`` trained the same way for comparison)."""
@@ -120,7 +129,7 @@ def evaluate_layer(layer: Type[nn.Module], config: EvaluationConfig) -> Outcome:
 
         if config.quality:
             first = config.architectures[0]
-            accuracy, nonfinite = train_and_validate(first.build(layer), data, config.quality_steps, steps_and_lr(first)[1], config.seed,
+            accuracy, nonfinite = train_and_validate(_build(first, layer, config.seed), data, config.quality_steps, steps_and_lr(first)[1], config.seed,
                                                      config.accelerator, config.devices)
             if nonfinite:
                 return rejected("nonfinite", f"non-finite loss within {config.quality_steps} steps on {first.name}")
@@ -136,7 +145,7 @@ def evaluate_layer(layer: Type[nn.Module], config: EvaluationConfig) -> Outcome:
             if index in known:
                 scores.append(known[index])
                 continue
-            accuracy, nonfinite = train_and_validate(architecture.build(layer), data, *steps_and_lr(architecture), config.seed,
+            accuracy, nonfinite = train_and_validate(_build(architecture, layer, config.seed), data, *steps_and_lr(architecture), config.seed,
                                                      config.accelerator, config.devices)
             if nonfinite:
                 return rejected("nonfinite", f"non-finite loss while training {architecture.name}")

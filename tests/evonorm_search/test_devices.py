@@ -53,3 +53,17 @@ def test_a_proxy_training_on_the_auto_accelerator():
                               accelerator="auto", devices=1)
     outcome = evaluate_layer(ep.get_layer_class("EvoNormS0"), config)
     assert outcome.scores is not None and 0.0 <= outcome.scores[0] <= 1.0, outcome
+
+
+def test_the_seed_sets_the_initialization_whatever_ran_before():
+    import torch
+
+    from evonorm_search.evaluator import _build
+
+    architecture = ArchitectureConfig("resnet50v2", 0.125, (1, 1, 1, 1))
+    first = _build(architecture, ep.get_layer_class("BatchNormReLU"), seed=3).state_dict()
+    torch.randn(1000)  # another candidate's draws
+    again = _build(architecture, ep.get_layer_class("BatchNormReLU"), seed=3).state_dict()
+    other = _build(architecture, ep.get_layer_class("BatchNormReLU"), seed=4).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
