@@ -41,6 +41,7 @@ def main() -> None:
         for layer in args.layers:
             architecture = ArchitectureConfig(args.architecture, width, tuple(args.depth))
             start = time.perf_counter()
+            torch.manual_seed(0)  # the initialization, as the search's evaluator seeds it
             accuracy, nonfinite = train_and_validate(architecture.build(get_layer_class(layer)), data, args.steps, args.lr, 0)
             seconds = time.perf_counter() - start
             depth = "×".join(f"{d:g}" for d in args.depth)
