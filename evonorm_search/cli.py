@@ -5,9 +5,11 @@
     evonorm-search top --store runs/smoke.sqlite -k 10      # best layers, per-architecture scores
     evonorm-search export --store runs/smoke.sqlite -k 3 --out evolved/   # genome JSON the registry loads
     evonorm-search plot --store runs/smoke.sqlite --out plots/             # progress.png, pareto.png
-    evonorm-search rerank --store runs/smoke.sqlite -k 10 --seeds 3 --out rerank/  # longer training, table
+    evonorm-search rerank --store runs/smoke.sqlite -k 10 --seeds 3 --out rerank/  # longer training, held-out table
+    evonorm-search calibrate --config configs/search/calibration.yaml --reference reference --store runs/cal.sqlite --out cal/
+    evonorm-search ablate --config configs/search/cpu.yaml --seeds 3 --out runs/ablation/   # evolution vs random search
 
-``run``, ``resume`` and ``rerank`` take ``--backend local|ray`` (``--address auto|HOST:PORT`` for a Ray cluster),
+``run``, ``resume``, ``rerank``, ``calibrate`` and ``ablate`` take ``--backend local|ray`` (``--address auto|HOST:PORT`` for a Ray cluster),
 ``--workers``, ``--in-flight`` and ``--time-limit``, over the config file's ``execution`` section.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import yaml
 from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import UnknownLayerError
 
+from .ablation import ARMS
 from .config import SearchConfig, execution_config
 from .controller import Controller
 from .execution import Executor, ExecutorConfig, create_executor
@@ -113,7 +116,8 @@ def _top(args: argparse.Namespace) -> int:
     architectures = store.architecture_names()
     for rank, candidate in enumerate(store.top(getattr(args, "k", 10)), start=1):
         scores = ", ".join(f"{name} {score:.3f}" for name, score in zip(architectures, candidate.scores or ()))
-        print(f"{rank:3d}. [{candidate.hash}] {scores}  {candidate.genome.formula()}")
+        rung = f" (rung {candidate.rung})" if candidate.rung else ""
+        print(f"{rank:3d}. [{candidate.hash}] {scores}{rung}  {candidate.genome.formula()}")
     for name, result in (store.get_meta("baselines") or {}).items():
         scores = ", ".join(f"{a} {s:.3f}" for a, s in zip(architectures, result)) if isinstance(result, list) else result
         print(f"     baseline {name}: {scores}")
@@ -154,6 +158,57 @@ def _rerank(args: argparse.Namespace) -> int:
     for rank, row in enumerate(candidates, start=1):
         _save_named(row.genome, f"{args.prefix}{rank:02d}_{row.genome.hash()[:8]}",
                     f"evonorm-search {row.name}, re-ranked {rank}: mean accuracy {row.mean:.4f} over {len(row.runs)} seeds", args.out)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibration import (
+        calibrate,
+        calibration_panel,
+        format_calibration,
+        plot_calibration,
+        read_settings,
+    )
+
+    data = _read_config_file(args.config)
+    settings = {s.name: s for s in read_settings(data, str(args.config))}
+    if args.reference not in settings:
+        raise ValueError(f"calibration config {str(args.config)!r} has no setting {args.reference!r} to use as the "
+                         f"reference; its settings: {', '.join(settings)}")
+    reference = settings.pop(args.reference)
+    panel_options = data.get("panel") or {}
+    panel = calibration_panel(int(panel_options.get("random_genomes", 4)), int(panel_options.get("seed", 0)))
+    seeds = args.seeds or int(data.get("seeds", 2))
+    store = SearchStore(args.store)
+    with _executor(args) as (executor, in_flight):
+        reference_row, rows = calibrate(store, reference, list(settings.values()), panel, seeds, executor, in_flight, _print_progress)
+    print()
+    table = format_calibration(reference_row, rows)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "calibration.md").write_text(f"Calibration ({args.config}, reference {args.reference}, {seeds} seeds)\n\n{table}\n")
+    print(args.out / "calibration.md")
+    print(plot_calibration(reference_row, rows, args.out / "calibration.png"))
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from .ablation import ablate, format_ablation, plot_ablation
+
+    config = load_config(args.config)
+    if args.budget is not None:
+        config = replace(config, budget=args.budget)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with _executor(args) as (executor, in_flight):
+        results = ablate(config, args.seeds, args.out, tuple(args.arms), args.top, executor=executor, in_flight=in_flight,
+                         progress=_print_progress)
+    print()
+    table = format_ablation(results, args.top)
+    print(table)
+    (args.out / "ablation.md").write_text(
+        f"Ablation of {args.config}: budget {config.budget} candidates per run, {args.seeds} seeds, held-out top-{args.top}\n\n{table}\n")
+    print(args.out / "ablation.md")
+    print(plot_ablation(results, args.out / "ablation.png"))
     return 0
 
 
@@ -202,9 +257,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rerank.add_argument("--export", type=int, default=3, help="best candidates to write as genome JSON (default 3)")
     rerank.add_argument("--prefix", default="evolved_")
     rerank.set_defaults(handler=_rerank, config=None)
-    for command in (run, resume, rerank):
+    calibration = commands.add_parser("calibrate", help="how well each proxy setting ranks a fixed panel of layers like a long reference training")
+    calibration.add_argument("--config", type=Path, required=True, help="calibration YAML (configs/search/calibration.yaml)")
+    calibration.add_argument("--reference", default="reference", help="the setting the others are compared with (default: reference)")
+    calibration.add_argument("--seeds", type=int, help="trainings per layer and setting (default: the file's seeds, else 2)")
+    calibration.add_argument("--out", type=Path, required=True, help="folder for calibration.md and calibration.png")
+    calibration.set_defaults(handler=_calibrate)
+    ablation = commands.add_parser("ablate", help="evolution vs random search, with and without rejection, at equal budget over seeds")
+    ablation.add_argument("--config", type=Path, required=True, help="the search config every arm starts from")
+    ablation.add_argument("--seeds", type=int, default=3)
+    ablation.add_argument("--budget", type=int, help="candidates per run (default: the config's budget)")
+    ablation.add_argument("--top", type=int, default=5, help="each run's best candidates scored on the held-out part (default 5)")
+    ablation.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ablation.add_argument("--out", type=Path, required=True, help="folder for each run's store, ablation.md and ablation.png")
+    ablation.set_defaults(handler=_ablate)
+    for command in (run, resume, rerank, calibration, ablation):
         _add_execution_flags(command)
-    for command in (run, resume, top, export, plot, rerank):
+    for command in (run, resume, top, export, plot, rerank, calibration):
         command.add_argument("--store", type=Path, required=True, help="the search's SQLite file")
     args = parser.parse_args(argv)
     try:

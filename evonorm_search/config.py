@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .evaluator import EvaluationConfig
 from .execution import ExecutorConfig
+from .fidelity import FidelityConfig
 from .proxy import ArchitectureConfig
 from .space import SearchSpace
 
@@ -15,6 +16,7 @@ from .space import SearchSpace
 class SearchConfig:
     space: SearchSpace = field(default_factory=SearchSpace)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)  # multi-fidelity (ASHA) promotions
     strategy: str = "evolution"  # or "random" (ablation with the same budget)
     population_size: int = 100
     tournament_size: int = 25
@@ -38,8 +40,10 @@ class SearchConfig:
         space = _coerced(SearchSpace, dict(data.get("space", {})))
         if space.get("ops") is not None:
             space["ops"] = tuple(space["ops"])
-        rest = _coerced(cls, {k: v for k, v in data.items() if k not in ("space", "evaluation", "execution")})
-        return cls(space=SearchSpace(**space), evaluation=EvaluationConfig(**evaluation), **rest)
+        fidelity = _coerced(FidelityConfig, dict(data.get("fidelity", {})))
+        rest = _coerced(cls, {k: v for k, v in data.items() if k not in ("space", "evaluation", "fidelity", "execution")})
+        return cls(space=SearchSpace(**space), evaluation=EvaluationConfig(**evaluation), fidelity=FidelityConfig(**fidelity),
+                   **rest)
 
 
 def execution_config(data: dict) -> ExecutorConfig:

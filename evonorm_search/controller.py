@@ -8,15 +8,21 @@ scores; of a rejected one is rejected) and against those in flight (it waits for
 being evaluated twice) → dispatch → the store records the outcome → the strategy hears it. Up to
 ``in_flight`` evaluations run at once; each one that finishes frees its slot for a new child at once.
 
-Resume: the finished candidates are replayed into a fresh strategy in the order they finished (that
-rebuilds the population), and candidates left pending by a crash are dispatched first.
+Multi-fidelity (``fidelity.rungs`` > 1, :mod:`.fidelity`): whenever a slot is free, a promotion that
+successive halving says is due (a candidate in the top 1/eta of its rung trains eta times longer) is
+recorded as pending in the store and dispatched before any new candidate; its result updates the
+candidate's member in the population. After the budget of new candidates, the due promotions still run.
+
+Resume: the finished candidates and finished promotions are replayed into a fresh strategy and a fresh
+successive-halving state in the one order they finished (that rebuilds the population and the rungs),
+and candidates and promotions left pending by a crash are dispatched first; nothing finished runs again.
 """
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Set, Tuple, Union
 
 from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import get_layer_class, paper_genome
@@ -26,6 +32,7 @@ from .dedupe import functional_hash
 from .evaluator import EvaluationConfig, Outcome, evaluate, evaluate_layer, prepare
 from .evolution import RandomSearch, RegularizedEvolution
 from .execution import Executor, InlineExecutor
+from .fidelity import SuccessiveHalving
 from .store import Candidate, SearchStore
 
 Evaluate = Callable[[Genome, EvaluationConfig], Outcome]
@@ -67,14 +74,28 @@ class Controller:
         self.executor = executor or InlineExecutor()
         self.in_flight = in_flight or self.executor.capacity
         self.strategy = _strategy(self.config)
-        for candidate in self.store.finished():  # replay: rebuilds the population
-            self.strategy.report(candidate.genome, candidate.scores if candidate.status == "done" else None, candidate.id)
+        self.halving = SuccessiveHalving(self.config.fidelity)
+        self._replay()
         self._finished = self.store.finished_count()
         self._running: Dict[int, Tuple[Genome, Optional[str]]] = {}  # candidate id -> (genome, functional hash)
+        self._promoting: Set[Tuple[int, int]] = set()  # (candidate id, rung) of the promotions in flight
         self._running_hashes: Dict[str, int] = {}  # canonical and functional hashes in flight -> candidate id
         self._waiting: Dict[int, List[Tuple[int, Genome]]] = {}  # in-flight id -> its duplicates, resolved with it
         self._error_streak: Tuple[Optional[str], int] = (None, 0)
         self._started, self._finished_at_start, self._last_progress = time.perf_counter(), self._finished, 0.0
+
+    def _replay(self) -> None:
+        """Rebuild the population and the rungs from the store's events, in the order they finished."""
+        for event in self.store.events():
+            if isinstance(event, Candidate):
+                self.strategy.report(event.genome, event.scores if event.status == "done" else None, event.id)
+                if event.status == "done" and event.protocol is None:
+                    self.halving.record(event.id, 0, _mean(event.scores))
+            elif event.status == "done":
+                self.strategy.promote(event.candidate_id, event.rung, event.scores)
+                self.halving.record(event.candidate_id, event.rung, _mean(event.scores))
+        for promotion in self.store.promotions():
+            self.halving.mark_promoted(promotion.candidate_id, promotion.rung)
 
     # ------------------------------------------------------------------------------------ dispatch
     def step(self) -> None:
@@ -96,7 +117,16 @@ class Controller:
                 return
             self._running_hashes.update({h: candidate_id for h in (genome.hash(), fhash) if h})
         self._running[candidate_id] = (genome, fhash)
-        self.executor.submit(candidate_id, self.evaluate_fn, genome, self.config.evaluation)
+        self.executor.submit((candidate_id, 0), self.evaluate_fn, genome, self.config.evaluation)
+
+    def _promote(self, candidate_id: int, rung: int, recorded: bool = False) -> None:
+        """Train ``candidate_id`` at ``rung``: recorded as pending first, so a crash leaves it to resume."""
+        if not recorded:
+            self.store.add_promotion(candidate_id, rung)
+            self.halving.mark_promoted(candidate_id, rung)
+        self._promoting.add((candidate_id, rung))
+        self.executor.submit((candidate_id, rung), self.evaluate_fn, self.store.get(candidate_id).genome,
+                             self.config.fidelity.evaluation(self.config.evaluation, rung))
 
     def _settle_duplicate(self, candidate_id: int, genome: Genome, original: Candidate) -> None:
         if original.status == "done":
@@ -117,6 +147,7 @@ class Controller:
             self.store.reject(candidate_id, outcome.protocol or "error", outcome.reason, outcome.wall_time)
         else:
             self.store.complete(candidate_id, outcome.scores, outcome.wall_time)
+            self.halving.record(candidate_id, 0, _mean(outcome.scores))
         self.strategy.report(genome, outcome.scores, candidate_id)
         self._finished += 1
         waiting = self._waiting.pop(candidate_id, [])
@@ -124,6 +155,16 @@ class Controller:
             original = self.store.get(candidate_id)
             for twin_id, twin in waiting:
                 self._settle_duplicate(twin_id, twin, original)
+        self._check_systematic_errors(outcome)
+
+    def _record_promotion(self, candidate_id: int, rung: int, outcome: Outcome) -> None:
+        self._promoting.remove((candidate_id, rung))
+        if outcome.scores is None:
+            self.store.reject_promotion(candidate_id, rung, outcome.protocol or "error", outcome.reason, outcome.wall_time)
+        else:
+            self.store.complete_promotion(candidate_id, rung, outcome.scores, outcome.wall_time)
+            self.strategy.promote(candidate_id, rung, outcome.scores)
+            self.halving.record(candidate_id, rung, _mean(outcome.scores))
         self._check_systematic_errors(outcome)
 
     def _check_systematic_errors(self, outcome: Outcome) -> None:
@@ -145,7 +186,7 @@ class Controller:
     def evaluate_baselines(self, names=("BatchNormReLU", "GroupNormReLU")) -> dict:
         """Train the baselines exactly as the candidates (stored once, as ``baselines`` in the store)."""
         results = self.store.get_meta("baselines") or {}
-        prepare(self.config.evaluation)
+        self._record_split(prepare(self.config.evaluation))
         for name in names:
             if name not in results:
                 outcome = evaluate_layer(get_layer_class(name), self.config.evaluation)
@@ -158,19 +199,40 @@ class Controller:
         evaluations are in the store and those in flight stay pending: resume re-runs them. The
         executor belongs to the caller, who shuts it down."""
         if self.evaluate_fn is evaluate:
-            prepare(self.config.evaluation)
+            self._record_split(prepare(self.config.evaluation))
         for candidate in self.store.pending():  # left by a crash: dispatched first
             self._dispatch(candidate.id, candidate.genome, candidate.functional_hash)
+        for promotion in self.store.pending_promotions():
+            self._promote(promotion.candidate_id, promotion.rung, recorded=True)
         while True:
-            while len(self._running) < self.in_flight and self._finished + self._unsettled() < self.config.budget:
-                self.step()
-            if not self._running:
+            while len(self._running) + len(self._promoting) < self.in_flight:
+                due = self.halving.next_promotion()
+                if due is not None:
+                    self._promote(*due)
+                elif self._finished + self._unsettled() < self.config.budget:
+                    self.step()
+                else:
+                    break
+            if not self._running and not self._promoting:
                 break
-            for candidate_id, outcome in self.executor.wait(timeout=PROGRESS_INTERVAL):
-                self._record(candidate_id, outcome)
+            for (candidate_id, rung), outcome in self.executor.wait(timeout=PROGRESS_INTERVAL):
+                if rung == 0:
+                    self._record(candidate_id, outcome)
+                else:
+                    self._record_promotion(candidate_id, rung, outcome)
             self._report_progress()
         self._report_progress(force=True)
         return self.store
+
+    def _record_split(self, split: dict) -> None:
+        """Keep the data split's record (seed, sizes, digest) with the search; a resumed search must
+        split the data the same way, or its search-validation and held-out parts would mix."""
+        recorded = self.store.get_meta("split")
+        if recorded is None:
+            self.store.set_meta("split", split)
+        elif recorded != split:
+            raise ValueError(f"{self.store.path} split its data as {recorded}, the data now splits as {split}: "
+                             f"point evaluation.data_dir at the search's own data")
 
     def _unsettled(self) -> int:
         return len(self._running) + sum(len(waiting) for waiting in self._waiting.values())
@@ -188,8 +250,15 @@ class Controller:
         best_text = f"best {_scores_text(best[0].scores)} {best[0].genome.formula()}" if best else "best -"
         minutes = (time.perf_counter() - self._started) / 60
         rate = (self._finished - self._finished_at_start) / minutes if minutes > 0 else 0.0
-        return (f"{self._finished}/{self.config.budget} finished ({rate:.1f}/min, {len(self._running)} running), "
+        promoted = ", ".join(f"r{k.split(':')[0][5:]} {v}" for k, v in sorted(counts.items()) if k.startswith("rung") and k.endswith(":done"))
+        promoted_text = f"promoted {promoted}, " if promoted else ""
+        return (f"{self._finished}/{self.config.budget} finished ({rate:.1f}/min, {len(self._running) + len(self._promoting)} running), "
+                f"{promoted_text}"
                 f"done {counts.get('done', 0)}, rejected {counts.get('rejected', 0)} ({rejected or 'none'}), {best_text}")
+
+
+def _mean(scores) -> float:
+    return sum(scores) / max(len(scores), 1)
 
 
 def _scores_text(scores) -> str:

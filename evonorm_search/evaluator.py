@@ -8,10 +8,11 @@ any exception rejects the candidate with the reason; nothing raised by a candida
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Optional, Tuple, Type
 
+import torch
 from torch import nn
 
 from evonorm_plugins.graph import Genome
@@ -19,6 +20,8 @@ from evonorm_plugins.registry import make_layer_class
 
 from .proxy import ArchitectureConfig, CIFAR10DataModule, train_and_validate
 from .stability import stability_test
+
+ACCELERATORS = ("cpu", "cuda", "gpu", "mps", "tpu", "xla", "auto")
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,10 @@ class EvaluationConfig:
     data_dir: Optional[str] = None  # None: synthetic CIFAR-like data (no download)
     data_limit: Optional[int] = None
     batch_size: int = 64
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # the search-validation part, which the search scores on
+    heldout_fraction: float = 0.2  # the held-out part, scored only by rerank and the ablation (proxy/data.py)
+    split_seed: int = 0  # the split of the images into train / search-validation / held-out
+    score_on: str = "search"  # the part validation accuracy is measured on: search, or heldout (rerank)
     train_steps: int = 500
     lr: float = 0.05
     stability: bool = True
@@ -39,7 +45,15 @@ class EvaluationConfig:
     quality_steps: int = 100
     quality_threshold: float = 0.2
     seed: int = 0
-    accelerator: str = "cpu"  # Lightning's accelerator for the proxy training: cpu, gpu, auto, ...
+    accelerator: str = "cpu"  # Lightning's accelerator for the proxy training: cpu, cuda, gpu, mps, auto
+    devices: int = 1  # devices one proxy training uses (workers share devices: execution.workers_per_device)
+
+    def __post_init__(self) -> None:
+        if self.accelerator not in ACCELERATORS:
+            raise ValueError(f"evaluation.accelerator {self.accelerator!r} is not one of {', '.join(ACCELERATORS)}; "
+                             f"'auto' picks a GPU where there is one")
+        if self.devices < 1:
+            raise ValueError(f"evaluation.devices must be at least 1, got {self.devices}")
 
 
 @dataclass(frozen=True)
@@ -52,17 +66,28 @@ class Outcome:
     wall_time: float = 0.0
 
 
-def prepare(config: EvaluationConfig) -> None:
+def prepare(config: EvaluationConfig) -> dict:
     """Load the proxy data once, raising on a missing or malformed dataset: a problem of the run,
-    which must stop it rather than reject every candidate."""
-    _data(config)
+    which must stop it rather than reject every candidate. Returns the split's record (seed, sizes,
+    digest of the indices), which the store keeps."""
+    return _data(config).split
 
 
 @lru_cache(maxsize=4)
 def _data(config: EvaluationConfig) -> CIFAR10DataModule:
-    data = CIFAR10DataModule(config.data_dir, config.batch_size, config.val_fraction, config.data_limit, config.seed)
+    data = CIFAR10DataModule(config.data_dir, config.batch_size, config.val_fraction, config.data_limit, config.seed,
+                             config.heldout_fraction, config.split_seed, config.score_on)
     data.setup()
     return data
+
+
+def scale_steps(config: EvaluationConfig, factor: float) -> EvaluationConfig:
+    """The same proxy training with every architecture's steps times ``factor`` and no rejection gates
+    (a layer trained longer has passed them already): multi-fidelity promotions and re-ranking."""
+    architectures = tuple(
+        replace(a, steps=max(1, round((a.steps or config.train_steps) * factor))) for a in config.architectures
+    )
+    return replace(config, architectures=architectures, quality=False, stability=False)
 
 
 def evaluate(genome: Genome, config: EvaluationConfig) -> Outcome:
@@ -77,6 +102,14 @@ def evaluate(genome: Genome, config: EvaluationConfig) -> Outcome:
     except Exception as error:  # a candidate must never crash the search; the reason is recorded
         return Outcome(None, "error", f"{type(error).__name__}: {error}", time.perf_counter() - start)
     return Outcome(outcome.scores, outcome.protocol, outcome.reason, time.perf_counter() - start)
+
+
+def _build(architecture: ArchitectureConfig, layer: Type[nn.Module], seed: int) -> nn.Module:
+    """The architecture with its initialization drawn from ``seed``: built before the trainer seeds
+    anything, it would otherwise depend on whatever the process drew before (another candidate, in a
+    worker), and a seed would not set the initialization."""
+    torch.manual_seed(seed)
+    return architecture.build(layer)
 
 
 def evaluate_layer(layer: Type[nn.Module], config: EvaluationConfig) -> Outcome:
@@ -96,8 +129,8 @@ def evaluate_layer(layer: Type[nn.Module], config: EvaluationConfig) -> Outcome:
 
         if config.quality:
             first = config.architectures[0]
-            accuracy, nonfinite = train_and_validate(first.build(layer), data, config.quality_steps, steps_and_lr(first)[1], config.seed,
-                                                     config.accelerator)
+            accuracy, nonfinite = train_and_validate(_build(first, layer, config.seed), data, config.quality_steps, steps_and_lr(first)[1], config.seed,
+                                                     config.accelerator, config.devices)
             if nonfinite:
                 return rejected("nonfinite", f"non-finite loss within {config.quality_steps} steps on {first.name}")
             if accuracy < config.quality_threshold:
@@ -112,8 +145,8 @@ def evaluate_layer(layer: Type[nn.Module], config: EvaluationConfig) -> Outcome:
             if index in known:
                 scores.append(known[index])
                 continue
-            accuracy, nonfinite = train_and_validate(architecture.build(layer), data, *steps_and_lr(architecture), config.seed,
-                                                     config.accelerator)
+            accuracy, nonfinite = train_and_validate(_build(architecture, layer, config.seed), data, *steps_and_lr(architecture), config.seed,
+                                                     config.accelerator, config.devices)
             if nonfinite:
                 return rejected("nonfinite", f"non-finite loss while training {architecture.name}")
             scores.append(accuracy)

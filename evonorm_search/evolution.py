@@ -39,6 +39,7 @@ class Member:
     genome: Genome
     scores: Tuple[float, ...]
     candidate_id: Optional[int] = None
+    rung: int = 0  # fidelity of ``scores`` (multi-fidelity search: the highest rung the member reached)
 
 
 class RandomSearch:
@@ -54,6 +55,9 @@ class RandomSearch:
 
     def report(self, genome: Genome, scores: Optional[Sequence[float]], candidate_id: Optional[int] = None) -> None:
         self.reported += 1
+
+    def promote(self, candidate_id: int, rung: int, scores: Sequence[float]) -> None:
+        """A candidate's scores after a longer training (multi-fidelity); random search has no use for them."""
 
 
 class RegularizedEvolution(RandomSearch):
@@ -102,7 +106,9 @@ class RegularizedEvolution(RandomSearch):
             self._seeds or not self.population or self.random_while_filling >= 1 or self.rng.random() < self.random_while_filling
         ):
             return Proposal(self._seeds.pop(0) if self._seeds else random_genome(self.space, self.rng))
-        tournament = self.rng.sample(list(self.population), min(self.tournament_size, len(self.population)))
+        drawn = self.rng.sample(list(self.population), min(self.tournament_size, len(self.population)))
+        top_rung = max(member.rung for member in drawn)
+        tournament = [member for member in drawn if member.rung == top_rung]  # never compare fidelities
         front = pareto_front([member.scores for member in tournament])
         parent = tournament[self.rng.choice(front)]
         return Proposal(mutate(parent.genome, self.space, self.rng), parent.candidate_id)
@@ -120,3 +126,11 @@ class RegularizedEvolution(RandomSearch):
         self.population.append(Member(genome, scores, candidate_id))
         if len(self.population) > self.population_size:
             self.population.popleft()
+
+    def promote(self, candidate_id: int, rung: int, scores: Sequence[float]) -> None:
+        """The member from ``candidate_id``, if still in the population, now has ``rung``'s scores; it
+        keeps its age. In a tournament, members of the highest rung drawn beat all others
+        (:mod:`evonorm_search.fidelity`)."""
+        for index, member in enumerate(self.population):
+            if member.candidate_id == candidate_id and rung > member.rung:
+                self.population[index] = Member(member.genome, tuple(float(s) for s in scores), candidate_id, rung)

@@ -1,10 +1,14 @@
-"""The re-ranking stage: the search's top-k layers and the baselines, retrained longer with several seeds.
+"""The re-ranking stage: the search's top-k layers and the baselines, retrained longer with several seeds
+and scored on the held-out part of the data, which the search never scored on.
 
-A search scores each candidate once, with short training, on one seed: its ranking is noisy. The paper
-re-ranked its top-10 before naming the best layers; here each of the top-k candidates and each
+A search scores each candidate once, with short training, on one seed, on its search-validation part:
+its ranking is noisy and its best score is biased upward by the choice itself. The paper re-ranked its
+top-10 on a held-out set before naming the best layers; here each of the top-k candidates and each
 baseline (BN-ReLU, GN-ReLU) is trained on the search's K architectures with every step count times
-``steps_scale``, once per seed (the seed sets the initialization, the data order and the held-out
-split), and ranked by its mean accuracy over seeds and architectures.
+``steps_scale``, once per seed (the seed sets the initialization and the data order; the split is the
+search's own, fixed by ``split_seed``), scored on the held-out part, and ranked by its mean accuracy
+over seeds and architectures. The re-ranking checks that it splits the data exactly as the search did
+(the split's record in the store), so no held-out image was ever a search-validation image.
 
 Every finished training is a row of the search's store (keyed by the settings, the layer and the
 seed), so an interrupted re-ranking resumes where it stopped and a finished one is only read back.
@@ -14,17 +18,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections import deque
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from evonorm_plugins.graph import Genome
-from evonorm_plugins.registry import get_layer_class, make_layer_class
+from evonorm_plugins.registry import get_layer_class
 
 from .config import SearchConfig
-from .evaluator import EvaluationConfig, Outcome, evaluate_layer, prepare
-from .execution import Executor, InlineExecutor
+from .evaluator import EvaluationConfig, prepare, scale_steps
+from .execution import Executor
 from .store import SearchStore
+from .trainings import Training, run_trainings
 
 BASELINES = ("BatchNormReLU", "GroupNormReLU")
 
@@ -37,11 +41,9 @@ class RerankSettings:
     baselines: Tuple[str, ...] = BASELINES
 
     def evaluation(self, search: EvaluationConfig, seed: int) -> EvaluationConfig:
-        """The search's proxy training, ``steps_scale`` times longer, with this seed and no gates."""
-        architectures = tuple(
-            replace(a, steps=max(1, round((a.steps or search.train_steps) * self.steps_scale))) for a in search.architectures
-        )
-        return replace(search, architectures=architectures, seed=seed, quality=False, stability=False)
+        """The search's proxy training, ``steps_scale`` times longer, with this seed, no gates, scored
+        on the held-out part."""
+        return replace(scale_steps(search, self.steps_scale), seed=seed, score_on="heldout")
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -69,15 +71,9 @@ class RankedLayer:
         return sum(sum(run) / len(run) for run in self.runs) / len(self.runs) if self.runs else -1.0
 
 
-def train_layer(layer: Union[str, Genome], config: EvaluationConfig) -> Outcome:
-    """A worker task: train a registry layer (by name) or a genome on the proxy architectures."""
-    layer_class = get_layer_class(layer) if isinstance(layer, str) else make_layer_class("Candidate", layer)
-    return evaluate_layer(layer_class, config)
-
-
 def rerank(store: SearchStore, settings: RerankSettings, executor: Optional[Executor] = None,
            in_flight: Optional[int] = None, progress=lambda line: None) -> List[RankedLayer]:
-    """Train what is missing, then return every layer ranked best first."""
+    """Train what is missing, then return every layer ranked best first (held-out accuracy)."""
     config = store.get_meta("config")
     if config is None:
         raise ValueError(f"{store.path} holds no search; run `evonorm-search run` first")
@@ -85,35 +81,29 @@ def rerank(store: SearchStore, settings: RerankSettings, executor: Optional[Exec
     candidates = store.top(settings.k)
     if not candidates:
         raise ValueError(f"{store.path} holds no finished candidate with scores to re-rank yet")
+    check_split(store, settings.evaluation(search, 0))
     layers: Dict[str, Union[str, Genome]] = {f"candidate {c.id}": c.genome for c in candidates}
     layers.update({name: name for name in settings.baselines})
     for name in settings.baselines:
         get_layer_class(name)  # an unknown baseline fails here, with the registry's suggestion
     key = settings.key()
-    done = {(layer, seed) for layer, seed, _, _ in store.trainings(key)}
-    jobs = [(name, seed) for seed in range(settings.seeds) for name in layers if (name, seed) not in done]
-    executor = executor or InlineExecutor()
-    if jobs:
-        prepare(settings.evaluation(search, 0))
-    _run_jobs(store, key, jobs, layers, settings, search, executor, in_flight or executor.capacity, progress)
+    trainings = [Training(key, name, seed, layer, settings.evaluation(search, seed))
+                 for seed in range(settings.seeds) for name, layer in layers.items()]
+    run_trainings(store, trainings, executor, in_flight, lambda line: progress(f"re-ranking: {line}"))
     return _table(store, key, layers, candidates)
 
 
-def _run_jobs(store, key, jobs, layers, settings, search, executor, in_flight, progress) -> None:
-    pending: Dict[int, Tuple[str, int]] = {}
-    queue = deque(enumerate(jobs))
-    finished = 0
-    while queue or pending:
-        while queue and len(pending) < in_flight:
-            task_id, (name, seed) = queue.popleft()
-            pending[task_id] = (name, seed)
-            executor.submit(task_id, train_layer, layers[name], settings.evaluation(search, seed))
-        for task_id, outcome in executor.wait(timeout=1.0):
-            name, seed = pending.pop(task_id)
-            store.record_training(key, name, seed, outcome.scores,
-                                  None if outcome.scores else f"{outcome.protocol}: {outcome.reason}", outcome.wall_time)
-            finished += 1
-            progress(f"re-ranking: {finished}/{len(jobs)} trainings finished ({name}, seed {seed})")
+def check_split(store: SearchStore, heldout: EvaluationConfig) -> None:
+    """Raise unless the held-out scoring splits the data exactly as the search recorded."""
+    recorded = store.get_meta("split")
+    if recorded is None:
+        raise ValueError(f"{store.path} has no record of its data split (a search from before the held-out part "
+                         f"existed, or one not started): its validation images may be any held-out image; "
+                         f"run the search again with this version")
+    split = prepare(heldout)
+    if split != recorded:
+        raise ValueError(f"the held-out scoring would split the data as {split}, the search split it as {recorded}; "
+                         f"keep the data folder and evaluation.split_seed of the search")
 
 
 def _table(store, key, layers, candidates) -> List[RankedLayer]:
@@ -121,8 +111,8 @@ def _table(store, key, layers, candidates) -> List[RankedLayer]:
     trainings = store.trainings(key)
     rows = []
     for name, layer in layers.items():
-        runs = [scores for trained, _, scores, _ in trainings if trained == name and scores]
-        failures = [reason for trained, _, scores, reason in trainings if trained == name and not scores]
+        runs = [t.scores for t in trainings if t.layer == name and t.scores]
+        failures = [t.reason for t in trainings if t.layer == name and not t.scores]
         genome = layer if isinstance(layer, Genome) else None
         rows.append(RankedLayer(name, formulas.get(name, name), genome, tuple(runs), tuple(failures)))
     return sorted(rows, key=lambda row: -row.mean)

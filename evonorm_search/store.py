@@ -1,9 +1,11 @@
-"""The persistent record of a search: every candidate, its hashes, scores or rejection, in SQLite.
+"""The persistent record of a search in SQLite: every candidate, its hashes, scores or rejection; its
+promotions to higher fidelities (multi-fidelity search); the record of the data split; and named
+trainings (re-ranking, calibration, the ablation's held-out scores).
 
 Each state change is its own committed transaction in SQLite's write-ahead log, so a controller
 killed at any moment, ``kill -9`` included, leaves every finished evaluation on disk and at most some
-candidates ``pending``; a resumed run evaluates those again and replays the finished ones, in the order
-they finished, to rebuild the population. (``synchronous=NORMAL``: a process kill loses nothing; a power
+candidates or promotions ``pending``; a resumed run evaluates those again and replays the finished
+ones, candidates and promotions in the one order they finished, to rebuild the population. (``synchronous=NORMAL``: a process kill loses nothing; a power
 cut may lose the last commits, never the file's consistency. Syncing every commit would cap a search
 at the disk's fsync rate.)
 
@@ -17,7 +19,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from evonorm_plugins.graph import Genome
 
@@ -39,6 +41,20 @@ CREATE TABLE IF NOT EXISTS candidates (
     finish_order INTEGER
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS promotions (
+    candidate INTEGER NOT NULL REFERENCES candidates(id),
+    rung INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'rejected')),
+    protocol TEXT,
+    reason TEXT,
+    scores TEXT,
+    mean_score REAL,
+    wall_time REAL,
+    created REAL NOT NULL,
+    finished REAL,
+    finish_order INTEGER,
+    PRIMARY KEY (candidate, rung)
+);
 CREATE TABLE IF NOT EXISTS rerank (
     settings TEXT NOT NULL,
     layer TEXT NOT NULL,
@@ -54,6 +70,7 @@ CREATE INDEX IF NOT EXISTS by_hash ON candidates (hash);
 CREATE INDEX IF NOT EXISTS by_functional_hash ON candidates (functional_hash);
 CREATE INDEX IF NOT EXISTS by_finish_order ON candidates (finish_order);
 CREATE INDEX IF NOT EXISTS by_mean_score ON candidates (status, mean_score);
+CREATE INDEX IF NOT EXISTS promotions_by_finish_order ON promotions (finish_order);
 """
 
 
@@ -74,6 +91,31 @@ class Candidate:
     scores: Optional[Tuple[float, ...]]
     wall_time: Optional[float]
     finished: Optional[float] = None  # unix time
+    rung: int = 0  # highest fidelity reached (``top``: ``scores`` are that rung's); 0 elsewhere
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A candidate's training at a higher fidelity ``rung`` (multi-fidelity search): pending, done with
+    scores, or rejected with the protocol and reason."""
+
+    candidate_id: int
+    rung: int
+    status: str
+    protocol: Optional[str]
+    reason: Optional[str]
+    scores: Optional[Tuple[float, ...]]
+    wall_time: Optional[float]
+
+
+class TrainingRecord(NamedTuple):
+    """One stored training of a named layer: scores per architecture, or None and the reason it failed."""
+
+    layer: str
+    seed: int
+    scores: Optional[Tuple[float, ...]]
+    reason: Optional[str]
+    wall_time: Optional[float]
 
 
 class SearchStore:
@@ -125,16 +167,60 @@ class SearchStore:
         return int(cursor.lastrowid)
 
     def _finish(self, candidate_id: int, status: str, **columns: object) -> None:
+        self._finish_row("candidates", "id = ?", (candidate_id,), f"candidate {candidate_id}", status, columns)
+
+    def _finish_row(self, table: str, where: str, key: tuple, what: str, status: str, columns: dict) -> None:
+        """Mark a pending row finished, numbered in the one finish order that candidates and promotions
+        share (resume replays both in that order)."""
         assignments = ", ".join(f"{name} = ?" for name in columns)
         with self._transaction():
-            (order,) = self._db.execute("SELECT COALESCE(MAX(finish_order), 0) + 1 FROM candidates").fetchone()
+            (order,) = self._db.execute(
+                "SELECT MAX(COALESCE((SELECT MAX(finish_order) FROM candidates), 0), "
+                "COALESCE((SELECT MAX(finish_order) FROM promotions), 0)) + 1").fetchone()
             updated = self._db.execute(
-                f"UPDATE candidates SET status = ?, finished = ?, finish_order = ?, {assignments} "
-                "WHERE id = ? AND status = 'pending'",
-                (status, time.time(), order, *columns.values(), candidate_id),
+                f"UPDATE {table} SET status = ?, finished = ?, finish_order = ?, {assignments} "
+                f"WHERE {where} AND status = 'pending'",
+                (status, time.time(), order, *columns.values(), *key),
             ).rowcount
         if updated != 1:
-            raise ValueError(f"candidate {candidate_id} is not pending in {self.path}; it was finished already or never added")
+            raise ValueError(f"{what} is not pending in {self.path}; it was finished already or never added")
+
+    # ---------------------------------------------------------------------------------- promotions
+    def add_promotion(self, candidate_id: int, rung: int) -> None:
+        """Record that ``candidate_id`` is being trained at ``rung`` (pending until it finishes)."""
+        self._db.execute("INSERT INTO promotions (candidate, rung, status, created) VALUES (?, ?, 'pending', ?)",
+                         (candidate_id, rung, time.time()))
+
+    def complete_promotion(self, candidate_id: int, rung: int, scores: Sequence[float], wall_time: float) -> None:
+        self._finish_row("promotions", "candidate = ? AND rung = ?", (candidate_id, rung),
+                         f"promotion of candidate {candidate_id} to rung {rung}", "done",
+                         {"scores": json.dumps([float(s) for s in scores]), "mean_score": _mean(scores), "wall_time": wall_time})
+
+    def reject_promotion(self, candidate_id: int, rung: int, protocol: str, reason: str, wall_time: float) -> None:
+        self._finish_row("promotions", "candidate = ? AND rung = ?", (candidate_id, rung),
+                         f"promotion of candidate {candidate_id} to rung {rung}", "rejected",
+                         {"protocol": protocol, "reason": reason, "wall_time": wall_time})
+
+    def _promotions(self, where: str, order: str) -> List[Promotion]:
+        rows = self._db.execute(f"SELECT candidate, rung, status, protocol, reason, scores, wall_time FROM promotions "
+                                f"WHERE {where} ORDER BY {order}")
+        return [Promotion(c, r, st, p, re, tuple(json.loads(sc)) if sc else None, w) for c, r, st, p, re, sc, w in rows]
+
+    def pending_promotions(self) -> List[Promotion]:
+        return self._promotions("status = 'pending'", "created, candidate")
+
+    def promotions(self) -> List[Promotion]:
+        """Every promotion, pending ones included, by candidate and rung."""
+        return self._promotions("1", "candidate, rung")
+
+    def events(self) -> List[Union[Candidate, Promotion]]:
+        """Finished candidates and finished promotions in the one order they finished: what resume replays."""
+        candidates = [(o, c) for o, c in zip(self._finish_orders("candidates"), self.finished())]
+        promotions = [(o, p) for o, p in zip(self._finish_orders("promotions"), self._promotions("status != 'pending'", "finish_order"))]
+        return [event for _, event in sorted(candidates + promotions, key=lambda pair: pair[0])]
+
+    def _finish_orders(self, table: str) -> List[int]:
+        return [row[0] for row in self._db.execute(f"SELECT finish_order FROM {table} WHERE status != 'pending' ORDER BY finish_order")]
 
     def complete(self, candidate_id: int, scores: Sequence[float], wall_time: float) -> None:
         self._finish(candidate_id, "done", scores=json.dumps([float(s) for s in scores]),
@@ -173,10 +259,12 @@ class SearchStore:
             (settings, layer, seed, json.dumps([float(s) for s in scores]) if scores else None, reason, wall_time),
         )
 
-    def trainings(self, settings: str) -> List[Tuple[str, int, Optional[Tuple[float, ...]], Optional[str]]]:
-        """(layer, seed, scores, reason) of the re-ranking trainings with these settings, by layer and seed."""
-        rows = self._db.execute("SELECT layer, seed, scores, reason FROM rerank WHERE settings = ? ORDER BY layer, seed", (settings,))
-        return [(layer, seed, tuple(json.loads(scores)) if scores else None, reason) for layer, seed, scores, reason in rows]
+    def trainings(self, settings: str) -> List["TrainingRecord"]:
+        """The stored trainings with these settings (re-ranking, calibration...), by layer and seed."""
+        rows = self._db.execute(
+            "SELECT layer, seed, scores, reason, wall_time FROM rerank WHERE settings = ? ORDER BY layer, seed", (settings,))
+        return [TrainingRecord(layer, seed, tuple(json.loads(scores)) if scores else None, reason, wall_time)
+                for layer, seed, scores, reason, wall_time in rows]
 
     # ------------------------------------------------------------------------------------ queries
     def _rows(self, where: str, args: tuple = (), order: str = "id", limit: int = -1) -> Iterator[Candidate]:
@@ -185,10 +273,13 @@ class SearchStore:
             f"FROM candidates WHERE {where} ORDER BY {order} LIMIT ?"
         )
         for row in self._db.execute(query, (*args, limit)):
-            yield Candidate(
-                row[0], Genome.from_json(row[1], source=f"{self.path} candidate {row[0]}"), row[2], row[3], row[4],
-                row[5], row[6], row[7], tuple(json.loads(row[8])) if row[8] else None, row[9], row[10],
-            )
+            yield self._candidate(row)
+
+    def _candidate(self, row: tuple, rung: int = 0) -> Candidate:
+        return Candidate(
+            row[0], Genome.from_json(row[1], source=f"{self.path} candidate {row[0]}"), row[2], row[3], row[4],
+            row[5], row[6], row[7], tuple(json.loads(row[8])) if row[8] else None, row[9], row[10], rung,
+        )
 
     def pending(self) -> List[Candidate]:
         return list(self._rows("status = 'pending'"))
@@ -215,11 +306,23 @@ class SearchStore:
             "SELECT status, protocol, COUNT(*) FROM candidates WHERE protocol IS NOT NULL GROUP BY status, protocol"
         ):
             result[f"{status}:{protocol}"] = count
+        for rung, status, count in self._db.execute("SELECT rung, status, COUNT(*) FROM promotions GROUP BY rung, status"):
+            result[f"rung {rung}:{status}"] = count
         return result
 
     def top(self, k: int) -> List[Candidate]:
-        """The k best distinct layers by mean score (duplicates, which copy scores, left out)."""
-        return list(self._rows("status = 'done' AND protocol IS NULL", order="mean_score DESC, id", limit=k))
+        """The k best distinct layers (duplicates, which copy scores, left out), by the highest fidelity
+        they reached, then by their mean score there (:mod:`evonorm_search.fidelity`); each with that
+        rung's scores and ``rung`` set."""
+        query = (
+            "SELECT c.id, c.genome, c.hash, c.functional_hash, c.parent, c.status, c.protocol, c.reason, "
+            "COALESCE(p.scores, c.scores), c.wall_time, c.finished, COALESCE(p.rung, 0) AS reached, "
+            "COALESCE(p.mean_score, c.mean_score) AS score "
+            "FROM candidates c LEFT JOIN promotions p ON p.candidate = c.id AND p.status = 'done' AND p.rung = "
+            "(SELECT MAX(rung) FROM promotions q WHERE q.candidate = c.id AND q.status = 'done') "
+            "WHERE c.status = 'done' AND c.protocol IS NULL ORDER BY reached DESC, score DESC, c.id LIMIT ?"
+        )
+        return [self._candidate(row[:11], rung=row[11]) for row in self._db.execute(query, (k,))]
 
     def get(self, candidate_id: int) -> Candidate:
         found = next(self._rows("id = ?", (candidate_id,)), None)

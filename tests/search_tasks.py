@@ -41,3 +41,9 @@ def raise_error(message: str) -> Outcome:
 
 def echo(value: float) -> Outcome:
     return Outcome((value,))
+
+
+def visible_device(seconds: float) -> Outcome:
+    """The accelerator device this worker was given (-1: none), after ``seconds`` (so tasks spread over workers)."""
+    time.sleep(seconds)
+    return Outcome((float(os.environ.get("CUDA_VISIBLE_DEVICES", "-1")),))

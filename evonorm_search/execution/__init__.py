@@ -21,14 +21,21 @@ from typing import Any, List, Optional, Protocol, Tuple
 from ..evaluator import Outcome
 from .inline import InlineExecutor
 from .local import ProcessExecutor
-from .policy import Attempt, RetryPolicy, Task
+from .policy import Attempt, Key, RetryPolicy, Task
 
 
 @dataclass(frozen=True)
 class ExecutorConfig:
     """How evaluations run: ``backend`` ``local`` (worker processes; ``workers: 0`` runs them in the
     controller's process), or ``ray`` (``address`` None starts a local Ray instance; ``auto`` or
-    ``HOST:PORT`` joins a cluster). ``in_flight`` None keeps one task per worker (Ray: per CPU)."""
+    ``HOST:PORT`` joins a cluster). ``in_flight`` None keeps one task per worker (Ray: per CPU).
+
+    Accelerators: with ``devices: D`` (GPUs on each machine) several workers share each device,
+    ``workers_per_device: W`` of them (a proxy training rarely fills a GPU). The local backend then starts
+    D·W workers, worker i seeing only device ⌊i / W⌋ (through ``CUDA_VISIBLE_DEVICES``, which CUDA and
+    ROCm builds of torch read); Ray gives each task 1/W of a GPU and sets the variable itself. The
+    training's own accelerator is the evaluation's ``accelerator`` (``cpu`` by default, ``cuda`` or
+    ``auto``); ``devices: 0`` assigns nothing, as on a CPU-only machine."""
 
     backend: str = "local"
     workers: int = 0
@@ -37,6 +44,26 @@ class ExecutorConfig:
     time_limit: Optional[float] = None  # seconds per task; None: no limit
     max_retries: int = 1  # re-runs of a task whose worker died
     address: Optional[str] = None
+    devices: int = 0  # accelerator devices the workers spread over (0: none assigned)
+    workers_per_device: int = 1  # workers sharing one device
+
+    def __post_init__(self) -> None:
+        if self.devices < 0 or self.workers_per_device < 1:
+            raise ValueError(f"execution needs devices >= 0 and workers_per_device >= 1, got devices={self.devices}, "
+                             f"workers_per_device={self.workers_per_device}")
+        if self.devices and self.backend == "local" and self.workers not in (0, self.devices * self.workers_per_device):
+            raise ValueError(f"execution: workers={self.workers} does not match devices={self.devices} × "
+                             f"workers_per_device={self.workers_per_device}; leave workers out or set it to "
+                             f"{self.devices * self.workers_per_device}")
+
+    @property
+    def worker_count(self) -> int:
+        """Local worker processes: ``workers``, or devices × workers_per_device when devices are given."""
+        return self.devices * self.workers_per_device if self.devices else self.workers
+
+    def device_of(self, worker: int) -> Optional[int]:
+        """The device local worker ``worker`` (from 0) uses, or None when no devices are assigned."""
+        return worker // self.workers_per_device % self.devices if self.devices else None
 
     @property
     def policy(self) -> RetryPolicy:
@@ -48,9 +75,9 @@ class Executor(Protocol):
 
     capacity: int
 
-    def submit(self, key: int, fn: Task, *args: Any) -> None: ...
+    def submit(self, key: Key, fn: Task, *args: Any) -> None: ...
 
-    def wait(self, timeout: Optional[float] = None) -> List[Tuple[int, Outcome]]: ...
+    def wait(self, timeout: Optional[float] = None) -> List[Tuple[Key, Outcome]]: ...
 
     def shutdown(self) -> None: ...
 
@@ -62,10 +89,10 @@ def create_executor(config: ExecutorConfig) -> Executor:
         return RayExecutor(config)
     if config.backend != "local":
         raise ValueError(f"unknown executor backend {config.backend!r}; use 'local' or 'ray'")
-    if config.workers == 0:
+    if config.worker_count == 0:
         return InlineExecutor()
     return ProcessExecutor(config)
 
 
-__all__ = ["Attempt", "Executor", "ExecutorConfig", "InlineExecutor", "ProcessExecutor", "RetryPolicy", "Task",
+__all__ = ["Attempt", "Executor", "ExecutorConfig", "InlineExecutor", "Key", "ProcessExecutor", "RetryPolicy", "Task",
            "create_executor"]

@@ -5,7 +5,7 @@ from collections import deque
 from typing import Any, Deque, List, Optional, Tuple
 
 from ..evaluator import Outcome
-from .policy import Task
+from .policy import Key, Task
 
 
 class InlineExecutor:
@@ -16,10 +16,10 @@ class InlineExecutor:
     def __init__(self) -> None:
         self._queue: Deque[Tuple[int, Task, tuple]] = deque()
 
-    def submit(self, key: int, fn: Task, *args: Any) -> None:
+    def submit(self, key: Key, fn: Task, *args: Any) -> None:
         self._queue.append((key, fn, args))
 
-    def wait(self, timeout: Optional[float] = None) -> List[Tuple[int, Outcome]]:
+    def wait(self, timeout: Optional[float] = None) -> List[Tuple[Key, Outcome]]:
         if not self._queue:
             return []
         key, fn, args = self._queue.popleft()

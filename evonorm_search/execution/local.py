@@ -2,22 +2,26 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Deque, List, Optional, Tuple
 
 from ..evaluator import Outcome
-from .policy import Attempt, Task, failed
+from .policy import Attempt, Key, Task, failed
 
 if TYPE_CHECKING:
     from . import ExecutorConfig
 
 
-def _worker_main(connection: Connection, threads: int) -> None:
-    """A worker process: run tasks from the pipe until it closes."""
+def _worker_main(connection: Connection, threads: int, device: Optional[int]) -> None:
+    """A worker process: run tasks from the pipe until it closes. ``device``: the one accelerator device
+    it may see (set before anything initializes CUDA, which reads the variable once)."""
     import torch
 
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
     torch.set_num_threads(threads)
     connection.send("ready")  # time limits count from here, not from the process's start-up
     while True:
@@ -34,9 +38,10 @@ def _worker_main(connection: Connection, threads: int) -> None:
 
 
 class _Worker:
-    def __init__(self, context, threads: int) -> None:
+    def __init__(self, context, threads: int, device: Optional[int]) -> None:
+        self.device = device
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, threads), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(child, threads, device), daemon=True)
         self.process.start()
         child.close()
         self.ready = False
@@ -49,21 +54,21 @@ class _Worker:
 
 
 class ProcessExecutor:
-    """``workers`` persistent local processes (spawned: no state shared with the controller), each
-    running one task at a time with ``threads_per_worker`` torch threads. Dead or timed-out workers
-    are replaced."""
+    """``workers`` (or devices × workers_per_device) persistent local processes (spawned: no state shared
+    with the controller), each running one task at a time with ``threads_per_worker`` torch threads and,
+    with devices, seeing only its own. Dead or timed-out workers are replaced on the same device."""
 
     def __init__(self, config: ExecutorConfig) -> None:
-        if config.workers < 1:
-            raise ValueError(f"ProcessExecutor needs workers >= 1, got {config.workers}")
+        if config.worker_count < 1:
+            raise ValueError(f"ProcessExecutor needs workers >= 1, got {config.worker_count}")
         self.config = config
-        self.capacity = config.workers
+        self.capacity = config.worker_count
         self._context = multiprocessing.get_context("spawn")
-        self._workers = [_Worker(self._context, config.threads_per_worker) for _ in range(config.workers)]
+        self._workers = [_Worker(self._context, config.threads_per_worker, config.device_of(i)) for i in range(self.capacity)]
         self.policy = config.policy
         self._queue: Deque[Attempt] = deque()
 
-    def submit(self, key: int, fn: Task, *args: Any) -> None:
+    def submit(self, key: Key, fn: Task, *args: Any) -> None:
         self._queue.append(Attempt(key, fn, args))
         self._dispatch()
 
@@ -81,7 +86,7 @@ class ProcessExecutor:
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()
-        self._workers[self._workers.index(worker)] = _Worker(self._context, self.config.threads_per_worker)
+        self._workers[self._workers.index(worker)] = _Worker(self._context, self.config.threads_per_worker, worker.device)
 
     def _start_up(self, worker: _Worker, ready: list) -> None:
         """A starting worker said it is ready, or died trying (the environment's fault: stop the run)."""
@@ -98,7 +103,7 @@ class ProcessExecutor:
             raise RuntimeError(f"a search worker process died while starting (exit code {code}); run "
                                f"`python -c 'import evonorm_search.evaluator'` to see why, or use --workers 0")
 
-    def wait(self, timeout: Optional[float] = None) -> List[Tuple[int, Outcome]]:
+    def wait(self, timeout: Optional[float] = None) -> List[Tuple[Key, Outcome]]:
         if not self._queue and all(w.running is None for w in self._workers):
             return []
         starting = [w for w in self._workers if not w.ready]
@@ -108,7 +113,7 @@ class ProcessExecutor:
         ready = wait([w.connection for w in watched] + [w.process.sentinel for w in watched], wait_for)
         for worker in starting:
             self._start_up(worker, ready)
-        finished: List[Tuple[int, Outcome]] = []
+        finished: List[Tuple[Key, Outcome]] = []
         for worker in busy:
             task = worker.running
             if worker.connection in ready:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Hashable, Iterable, Optional, Union
 
 from ..evaluator import Outcome
 
 Task = Callable[..., Outcome]
+Key = Hashable  # the caller's name for a task (the search: (candidate id, rung))
 
 
 @dataclass
 class Attempt:
     """One try at a task: the caller's key, the call, which try it is (0 first) and when it started."""
 
-    key: int
+    key: Key
     fn: Task
     args: tuple
     number: int = 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ..evaluator import Outcome
-from .policy import Attempt, Task, failed
+from .policy import Attempt, Key, Task, failed
 
 if TYPE_CHECKING:
     from . import ExecutorConfig
@@ -28,8 +28,9 @@ def _run_task(threads: int, fn: Task, args: tuple) -> Outcome:
 
 
 class RayExecutor:
-    """Ray tasks with ``threads_per_worker`` CPUs each. ``capacity`` is the number of such slots the
-    cluster has (the controller keeps that many in flight unless told otherwise)."""
+    """Ray tasks with ``threads_per_worker`` CPUs each (and 1/``workers_per_device`` of a GPU when
+    ``devices`` is set). ``capacity`` is the number of such slots the cluster has (the controller keeps
+    that many in flight unless told otherwise)."""
 
     def __init__(self, config: ExecutorConfig) -> None:
         try:
@@ -42,24 +43,27 @@ class RayExecutor:
                 ray.init(num_cpus=config.workers or None, include_dashboard=False, logging_level="warning")
             else:
                 ray.init(address=config.address, logging_level="warning")
-        self._remote = ray.remote(num_cpus=config.threads_per_worker, max_retries=0)(_run_task)
+        gpus = 1 / config.workers_per_device if config.devices else 0  # Ray sets CUDA_VISIBLE_DEVICES per task
+        self._remote = ray.remote(num_cpus=config.threads_per_worker, num_gpus=gpus, max_retries=0)(_run_task)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.capacity = max(1, cpus // config.threads_per_worker)
+        if config.devices:
+            self.capacity = min(self.capacity, int(ray.cluster_resources().get("GPU", 0)) * config.workers_per_device) or 1
         self.policy = config.policy
         self._running: Dict[Any, Attempt] = {}
 
-    def submit(self, key: int, fn: Task, *args: Any) -> None:
+    def submit(self, key: Key, fn: Task, *args: Any) -> None:
         self._submit(Attempt(key, fn, args))
 
     def _submit(self, task: Attempt) -> None:
         task.start()
         self._running[self._remote.remote(self.config.threads_per_worker, task.fn, task.args)] = task
 
-    def wait(self, timeout: Optional[float] = None) -> List[Tuple[int, Outcome]]:
+    def wait(self, timeout: Optional[float] = None) -> List[Tuple[Key, Outcome]]:
         if not self._running:
             return []
         timeout = self.policy.wait_time(timeout, self._running.values())
-        finished: List[Tuple[int, Outcome]] = []
+        finished: List[Tuple[Key, Outcome]] = []
         for ref in self._ready(timeout):
             task = self._running.pop(ref)
             try:

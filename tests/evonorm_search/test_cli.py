@@ -86,7 +86,7 @@ def test_plot_and_rerank_on_a_finished_search(tiny_config, tmp_path, capsys, mon
     def no_training(*args, **kwargs):
         raise AssertionError("a finished re-ranking must be read back, not trained again")
 
-    monkeypatch.setattr("evonorm_search.rerank.train_layer", no_training)
+    monkeypatch.setattr("evonorm_search.trainings.train_layer", no_training)
     assert main(args) == 0 and (out / "rerank.md").read_text() == table
 
 
