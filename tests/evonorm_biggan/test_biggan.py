@@ -321,8 +321,8 @@ def test_a_fit_killed_with_sigkill_resumes_from_last_with_its_whole_state(tmp_pa
     root, run = _write_cifar(tmp_path / "cifar", n=32), tmp_path / "run"
     args = ["fit", "--config", str(CONFIGS / "smoke.yaml"), "--data.init_args.root", str(root),
             "--trainer.default_root_dir", str(run), "--trainer.limit_train_batches", "4",
-            "--checkpoint.every_n_train_steps", "3", "--sample_grid.every_n_steps", "0"]
-    script = f"from evonorm_biggan.cli import main; main({args + ['--trainer.max_epochs', '1000']!r})"
+            "--checkpoint.every_n_train_steps", "3", "--sample_grid.every_n_steps", "0", "--trainer.max_epochs", "1000"]
+    script = f"from evonorm_biggan.cli import main; main({args!r})"  # max_steps bounds the resumed fits below
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
