@@ -96,7 +96,7 @@ def place_evonorms(model: nn.Module) -> List[str]:
                 if is_norm_layer(before) and _activates(before) and isinstance(child, nn.ReLU):
                     setattr(module, index, nn.Identity())
                     changed.append(f"{name}.{index}")
-        elif not isinstance(module, (_FrozenNormsStayInEval, FPN, nn.Sequential)) and any(
+        elif not isinstance(module, _FrozenNormsStayInEval) and any(  # Sequentials and FPNs with registry layers were handled above
             isinstance(child, Conv2d) and is_norm_layer(child.norm) and child.activation is None
             and _activates(child.norm) for child in module.children()
         ):

@@ -111,19 +111,24 @@ def parse_dataset(spec: str) -> Tuple[str, str, str]:
         else ""
     )
     if problem:
-        raise ValueError(f"--dataset {spec!r}: {problem}; give e.g. --dataset mine_train=annotations/train.json:images/train")
+        raise ValueError(f"{spec!r}: {problem}; give e.g. --dataset mine_train=annotations/train.json:images/train")
     return name, json_file, image_dir
 
 
-def register_datasets(specs: List[str]) -> List[str]:
-    """Register each ``--dataset NAME=JSON:IMAGE_DIR`` as a COCO-format instance set (boxes, masks,
-    COCO evaluation), once per process; returns the names, for ``DATASETS.TRAIN`` / ``DATASETS.TEST``."""
-    names = []
-    for name, json_file, image_dir in map(parse_dataset, specs):
+def dataset_argument(spec: str) -> Tuple[str, str, str]:
+    """``--dataset``'s argparse type: :func:`parse_dataset`, its error as argparse's one-line usage error."""
+    try:
+        return parse_dataset(spec)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def register_datasets(datasets: List[Tuple[str, str, str]]) -> None:
+    """Register each parsed ``--dataset`` as a COCO-format instance set (boxes, masks, COCO
+    evaluation), once per process, to name in ``DATASETS.TRAIN`` / ``DATASETS.TEST``."""
+    for name, json_file, image_dir in datasets:
         if name not in DatasetCatalog.list():
             register_coco_instances(name, {}, json_file, image_dir)
-        names.append(name)
-    return names
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -166,15 +171,10 @@ def cli(argv: Optional[List[str]] = None) -> int:
 def _launch(argv: List[str]) -> None:
     parser = default_argument_parser()
     parser.add_argument(
-        "--dataset", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
+        "--dataset", action="append", default=[], type=dataset_argument, metavar="NAME=JSON:IMAGE_DIR",
         help="register a COCO-format dataset under NAME (repeatable); use NAME in DATASETS.TRAIN / DATASETS.TEST",
     )
-    args = parser.parse_args(argv)
-    try:
-        for spec in args.dataset:
-            parse_dataset(spec)
-    except ValueError as error:
-        parser.error(str(error))
+    args = parser.parse_args(argv)  # each --dataset checked and parsed here, once, before any process starts
     launch(
         main,
         args.num_gpus,
