@@ -58,12 +58,14 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class Outcome:
-    """Scores (one per architecture) or the protocol that rejected the candidate and why."""
+    """Scores (one per architecture) or the protocol that rejected the candidate and why; ``retries``:
+    the cause of each earlier attempt that produced nothing (its worker died), set by the executor."""
 
     scores: Optional[Tuple[float, ...]]
     protocol: Optional[str] = None
     reason: str = ""
     wall_time: float = 0.0
+    retries: Tuple[str, ...] = ()
 
 
 def prepare(config: EvaluationConfig) -> dict:
