@@ -35,11 +35,11 @@ def measure(execution: ExecutorConfig, budget: int, in_flight: int, dedupe: bool
     executor = create_executor(execution)
     try:
         store_path = folder / f"{execution.backend}-{execution.workers}-{in_flight}-{dedupe}.sqlite"
-        controller = Controller(store_path, config, noop_evaluate, executor=executor, in_flight=in_flight)
-        started = time.perf_counter()
-        store = controller.run()
-        seconds = time.perf_counter() - started
-        assert store.finished_count() == budget
+        with Controller(store_path, config, noop_evaluate) as controller:
+            started = time.perf_counter()
+            store = controller.run(executor, in_flight)
+            seconds = time.perf_counter() - started
+            assert store.finished_count() == budget
     finally:
         executor.shutdown()
     return {"backend": execution.backend, "workers": execution.workers or "in-process", "in flight": in_flight,

@@ -19,8 +19,9 @@ def read_cifar10_batches(root: Union[str, Path], limit: Optional[int] = None) ->
     if not files:
         raise FileNotFoundError(
             f"no CIFAR-10 python batches at {str(root)!r}: expected data_batch_1 … data_batch_5 in it or in its "
-            f"cifar-10-batches-py/ subfolder; point the data path (data_dir, data.root) at the cifar-10-batches-py "
-            f"folder extracted from cifar-10-python.tar.gz"
+            f"cifar-10-batches-py/ subfolder; get the python version, cifar-10-python.tar.gz, from "
+            f"https://www.cs.toronto.edu/~kriz/cifar.html, extract it and point the data path (data_dir, data.root) "
+            f"at its cifar-10-batches-py folder"
         )
     images, labels = [], []
     for file in files:

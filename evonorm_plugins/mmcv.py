@@ -72,7 +72,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .layers.base import EvoNormBase
-from .registry import UnknownLayerError, add_registration_listener, did_you_mean, get_layer_class, list_layers
+from .registry import (
+    UnknownLayerError,
+    add_registration_listener,
+    did_you_mean,
+    get_layer_class,
+    list_layers,
+)
 
 ABBREVIATION = "evonorm"
 
@@ -91,7 +97,9 @@ def _host_registries() -> List[Any]:
     else:
         registries.append(MODELS)
     try:
-        from mmcv.cnn import NORM_LAYERS  # mmcv 1.x only; 2.x looks norm types up in mmengine's MODELS
+        from mmcv.cnn import (
+            NORM_LAYERS,  # mmcv 1.x only; 2.x looks norm types up in mmengine's MODELS
+        )
     except ImportError:
         pass
     else:

@@ -26,12 +26,14 @@ def split_debug(argv: Optional[Sequence[str]]) -> Tuple[List[str], bool]:
     return [a for a in args if a != DEBUG_FLAG], debug
 
 
-def run_reporting_user_errors(prog: str, run: Callable[[List[str]], object], argv: Optional[Sequence[str]] = None) -> int:
-    """``run(args)``; 0 when it returns, 2 with one line on stderr for a user error (see the module)."""
+def run_reporting_user_errors(prog: str, run: Callable[[List[str]], object], argv: Optional[Sequence[str]] = None,
+                              also: Tuple[Type[BaseException], ...] = ()) -> int:
+    """``run(args)``; 0 when it returns, 2 with one line on stderr for a user error (see the module);
+    ``also``: the command's own user errors besides :data:`USER_ERRORS`."""
     args, debug = split_debug(argv)
     try:
         run(args)
-    except USER_ERRORS as error:
+    except USER_ERRORS + also as error:
         if debug:
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -14,12 +14,13 @@ import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .config import SearchConfig
 from .controller import Controller, Evaluate
 from .evaluator import evaluate
 from .execution import Executor
+from .progress import Progress, no_progress
 from .rerank import check_split
 from .store import SearchStore
 from .trainings import Training, run_trainings
@@ -57,7 +58,7 @@ class RunResult:
 
 def ablate(config: SearchConfig, seeds: int, folder: Path, arms: Sequence[str] = ARMS, top: int = 5,
            evaluate_fn: Evaluate = evaluate, executor: Optional[Executor] = None, in_flight: Optional[int] = None,
-           progress: Callable[[str], None] = lambda line: None) -> List[RunResult]:
+           progress: Progress = no_progress) -> List[RunResult]:
     """Run (or resume) every arm × seed, then score each run's top ``top`` on the held-out part."""
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
@@ -66,12 +67,12 @@ def ablate(config: SearchConfig, seeds: int, folder: Path, arms: Sequence[str] =
     for arm in arms:
         for seed in range(seeds):
             path = folder / f"{arm}-seed{seed}.sqlite"
-            controller = Controller(path, arm_config(config, arm, seed), evaluate_fn,
-                                    lambda line, a=arm, s=seed: progress(f"{a} seed {s}: {line}"), executor, in_flight)
-            started = time.perf_counter()
-            store = controller.run()
-            store.set_meta("elapsed", (store.get_meta("elapsed") or 0.0) + time.perf_counter() - started)
-            results.append(_score_run(store, controller.config, arm, seed, top, executor, in_flight, progress))
+            with Controller(path, arm_config(config, arm, seed), evaluate_fn,
+                            lambda done, total, status, a=arm, s=seed: progress(done, total, f"{a} seed {s}: {status}")) as controller:
+                started = time.perf_counter()
+                store = controller.run(executor, in_flight)
+                store.set_meta("elapsed", (store.get_meta("elapsed") or 0.0) + time.perf_counter() - started)
+                results.append(_score_run(store, controller.config, arm, seed, top, executor, in_flight, progress))
     return results
 
 
@@ -82,7 +83,7 @@ def _score_run(store: SearchStore, config: SearchConfig, arm: str, seed: int, to
         check_split(store, heldout)
     candidates = store.top(top)
     trainings = [Training("ablation heldout", f"candidate {c.id}", 0, c.genome, heldout) for c in candidates]
-    run_trainings(store, trainings, executor, in_flight, lambda line: progress(f"{arm} seed {seed}, held-out: {line}"))
+    run_trainings(store, trainings, executor, in_flight, lambda done, total, status: progress(done, total, f"{arm} seed {seed}, held-out: {status}"))
     scores = sorted((statistics.mean(t.scores) if t.scores else 0.0 for t in store.trainings("ablation heldout")), reverse=True)
     counts = store.counts()
     trained = counts.get("done", 0) - counts.get("done:duplicate", 0) + sum(counts.get(f"rejected:{p}", 0) for p in TRAINED)

@@ -24,15 +24,16 @@ import random
 import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from scipy import stats
 
 from evonorm_plugins.graph import genome_from_ops
 
-from .config import SearchConfig
+from .config import validated
 from .evaluator import EvaluationConfig
 from .execution import Executor
+from .progress import Progress, no_progress
 from .space import SearchSpace, random_genome
 from .stability import stability_test
 from .store import SearchStore
@@ -87,10 +88,7 @@ def read_settings(data: dict, source: str) -> List[Setting]:
     common = dict(data.get("common") or {})
     settings = []
     for name, section in named.items():
-        try:
-            evaluation = SearchConfig.from_dict({"evaluation": {**common, **(section or {})}}).evaluation
-        except TypeError as error:
-            raise ValueError(f"calibration config {source!r}, setting {name!r}: {error}") from None
+        evaluation = validated(EvaluationConfig, {**common, **(section or {})}, f"calibration config {source}, setting {name!r}")
         settings.append(Setting(str(name), evaluation))
     return settings
 
@@ -109,14 +107,14 @@ class Agreement:
 
 def calibrate(store: SearchStore, reference: Setting, candidates: Sequence[Setting], panel: Dict[str, Layer], seeds: int,
               executor: Optional[Executor] = None, in_flight: Optional[int] = None,
-              progress: Callable[[str], None] = lambda line: None) -> Tuple[Agreement, List[Agreement]]:
+              progress: Progress = no_progress) -> Tuple[Agreement, List[Agreement]]:
     """Train what is missing (reference first), then the reference's row and one row per candidate."""
     if seeds < 1:
         raise ValueError(f"calibration needs at least one seed, got {seeds}")
     settings = [reference, *candidates]
     trainings = [Training(s.key(), name, seed, layer, s.training_config(seed))
                  for s in settings for seed in range(seeds) for name, layer in panel.items()]
-    run_trainings(store, trainings, executor, in_flight, lambda line: progress(f"calibration: {line}"))
+    run_trainings(store, trainings, executor, in_flight, progress)
     reference_runs = _runs(store, reference, panel, seeds)
     target = [statistics.mean(reference_runs[name]) for name in panel]
     reference_row = _agreement(store, reference, panel, reference_runs, _seed_pairs(reference_runs, panel))

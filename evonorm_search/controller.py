@@ -29,10 +29,13 @@ from evonorm_plugins.registry import get_layer_class, paper_genome
 
 from .config import SearchConfig
 from .dedupe import functional_hash
+from .errors import SearchError
 from .evaluator import EvaluationConfig, Outcome, evaluate, evaluate_layer, prepare
 from .evolution import RandomSearch, RegularizedEvolution
 from .execution import Executor, InlineExecutor
 from .fidelity import SuccessiveHalving
+from .lock import StoreLock
+from .progress import Progress, no_progress
 from .store import Candidate, SearchStore
 
 Evaluate = Callable[[Genome, EvaluationConfig], Outcome]
@@ -43,8 +46,6 @@ PROGRESS_INTERVAL = 0.5  # seconds between progress lines
 def _strategy(config: SearchConfig):
     if config.strategy == "random":
         return RandomSearch(config.space, config.seed)
-    if config.strategy != "evolution":
-        raise ValueError(f"unknown strategy {config.strategy!r}; use 'evolution' or 'random'")
     names = ("B0", "B1", "B2", "S0", "S1", "S2") if config.space.batch_dependent else ("S0", "S1", "S2")
     seeds = [paper_genome(f"EvoNorm{n}") for n in names] if config.seed_with_paper_layers else []
     return RegularizedEvolution(config.space, config.population_size, config.tournament_size, config.seed,
@@ -52,27 +53,25 @@ def _strategy(config: SearchConfig):
 
 
 class Controller:
-    """Runs a search against its store. ``executor`` (default: in the controller's process) runs the
-    evaluations; ``in_flight`` (default: the executor's capacity) bounds how many run at once."""
+    """Runs a search against its store, which it holds locked (:mod:`.lock`) until :meth:`close` or the
+    end of its process; a context manager. :meth:`run` takes the executor.
+
+    With a ``config``, a new store starts that search, a store holding the same config continues it,
+    and a store whose run never started (it failed before any candidate) takes the new config; without
+    one, the store's own config is resumed."""
 
     def __init__(self, store_path: Union[str, Path], config: Optional[SearchConfig] = None,
-                 evaluate_fn: Evaluate = evaluate, progress: Callable[[str], None] = lambda line: None,
-                 executor: Optional[Executor] = None, in_flight: Optional[int] = None) -> None:
-        self.store = SearchStore(store_path)
-        stored = self.store.get_meta("config")
-        if config is None and stored is None:
-            raise ValueError(f"{store_path} holds no search to resume; start one with a config")
-        if config is not None and stored is not None:
-            differing = _differing_keys(json.loads(json.dumps(config.to_dict())), stored)  # tuples read back as lists
-            if differing:
-                raise ValueError(f"{store_path} holds a search with another config (differing: {', '.join(differing)}); "
-                                 f"resume it without a config, or use a new store")
-        self.config = config or SearchConfig.from_dict(stored)
-        if stored is None:
-            self.store.set_meta("config", self.config.to_dict())
+                 evaluate_fn: Evaluate = evaluate, progress: Progress = no_progress) -> None:
+        self.lock = StoreLock(store_path).acquire()
+        try:
+            self.store = SearchStore(store_path)
+            self.config = self._config(config)
+        except BaseException:
+            self.lock.release()
+            raise
         self.evaluate_fn, self.progress = evaluate_fn, progress
-        self.executor = executor or InlineExecutor()
-        self.in_flight = in_flight or self.executor.capacity
+        self.executor: Executor = InlineExecutor()
+        self.in_flight = 1
         self.strategy = _strategy(self.config)
         self.halving = SuccessiveHalving(self.config.fidelity)
         self._replay()
@@ -82,7 +81,33 @@ class Controller:
         self._running_hashes: Dict[str, int] = {}  # canonical and functional hashes in flight -> candidate id
         self._waiting: Dict[int, List[Tuple[int, Genome]]] = {}  # in-flight id -> its duplicates, resolved with it
         self._error_streak: Tuple[Optional[str], int] = (None, 0)
-        self._started, self._finished_at_start, self._last_progress = time.perf_counter(), self._finished, 0.0
+        self._last_progress = 0.0
+
+    def _config(self, config: Optional[SearchConfig]) -> SearchConfig:
+        """The search to run: ``config`` checked against the stored one, or the stored one."""
+        stored = self.store.get_meta("config")
+        if config is None and stored is None:
+            raise ValueError(f"{self.store.path} holds no search to resume; start one with `evonorm-search run --config ...`")
+        if config is not None and stored is not None and self.store.started():
+            differing = _differing_keys(json.loads(json.dumps(config.to_dict())), stored)  # tuples read back as lists
+            if differing:
+                raise ValueError(f"{self.store.path} holds a search with another config (differing: {', '.join(differing)}); "
+                                 f"resume it without --config, or give a new --store")
+        if config is None:
+            return SearchConfig.from_dict(stored, f"the config stored in {self.store.path}")
+        self.store.set_meta("config", config.to_dict())
+        return config
+
+    def close(self) -> None:
+        """Close the store and let another controller have it."""
+        self.store.close()
+        self.lock.release()
+
+    def __enter__(self) -> "Controller":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _replay(self) -> None:
         """Rebuild the population and the rungs from the store's events, in the order they finished."""
@@ -96,13 +121,14 @@ class Controller:
                 self.halving.record(event.candidate_id, event.rung, _mean(event.scores))
         for promotion in self.store.promotions():
             self.halving.mark_promoted(promotion.candidate_id, promotion.rung)
+        self.strategy.skip_initial(self.store.seeded_hashes())
 
     # ------------------------------------------------------------------------------------ dispatch
     def step(self) -> None:
         """Propose one candidate, record it and dispatch it (or settle it as a duplicate)."""
         proposal = self.strategy.propose()
         fhash = functional_hash(proposal.genome) if self.config.dedupe else None
-        candidate_id = self.store.add(proposal.genome, parent=proposal.parent, functional_hash=fhash)
+        candidate_id = self.store.add(proposal.genome, parent=proposal.parent, functional_hash=fhash, seeded=proposal.seeded)
         self._dispatch(candidate_id, proposal.genome, fhash)
 
     def _dispatch(self, candidate_id: int, genome: Genome, fhash: Optional[str]) -> None:
@@ -144,9 +170,9 @@ class Controller:
             if key and self._running_hashes.get(key) == candidate_id:
                 del self._running_hashes[key]
         if outcome.scores is None:
-            self.store.reject(candidate_id, outcome.protocol or "error", outcome.reason, outcome.wall_time)
+            self.store.reject(candidate_id, outcome.protocol or "error", outcome.reason, outcome.wall_time, outcome.retries)
         else:
-            self.store.complete(candidate_id, outcome.scores, outcome.wall_time)
+            self.store.complete(candidate_id, outcome.scores, outcome.wall_time, outcome.retries)
             self.halving.record(candidate_id, 0, _mean(outcome.scores))
         self.strategy.report(genome, outcome.scores, candidate_id)
         self._finished += 1
@@ -160,9 +186,10 @@ class Controller:
     def _record_promotion(self, candidate_id: int, rung: int, outcome: Outcome) -> None:
         self._promoting.remove((candidate_id, rung))
         if outcome.scores is None:
-            self.store.reject_promotion(candidate_id, rung, outcome.protocol or "error", outcome.reason, outcome.wall_time)
+            self.store.reject_promotion(candidate_id, rung, outcome.protocol or "error", outcome.reason, outcome.wall_time,
+                                        outcome.retries)
         else:
-            self.store.complete_promotion(candidate_id, rung, outcome.scores, outcome.wall_time)
+            self.store.complete_promotion(candidate_id, rung, outcome.scores, outcome.wall_time, outcome.retries)
             self.strategy.promote(candidate_id, rung, outcome.scores)
             self.halving.record(candidate_id, rung, _mean(outcome.scores))
         self._check_systematic_errors(outcome)
@@ -177,7 +204,7 @@ class Controller:
         count = count + 1 if reason == outcome.reason else 1
         self._error_streak = (outcome.reason, count)
         if count >= SYSTEMATIC_ERRORS:
-            raise RuntimeError(
+            raise SearchError(
                 f"{count} candidates in a row failed with the same error, so the run itself is broken: "
                 f"{outcome.reason}. Fix it (the config, the data, the environment), then `evonorm-search resume`"
             )
@@ -194,10 +221,13 @@ class Controller:
                 self.store.set_meta("baselines", results)
         return results
 
-    def run(self) -> SearchStore:
-        """Run until ``budget`` candidates have finished. Stopped early (an error, Ctrl-C), the finished
-        evaluations are in the store and those in flight stay pending: resume re-runs them. The
-        executor belongs to the caller, who shuts it down."""
+    def run(self, executor: Optional[Executor] = None, in_flight: Optional[int] = None) -> SearchStore:
+        """Run until ``budget`` candidates have finished, ``executor`` (default: in this process) running
+        the evaluations, at most ``in_flight`` (default: the executor's capacity) at once. Stopped early
+        (an error, Ctrl-C), the finished evaluations are in the store and those in flight stay pending:
+        resume re-runs them. The executor belongs to the caller, who shuts it down."""
+        self.executor = executor or InlineExecutor()
+        self.in_flight = in_flight or self.executor.capacity
         if self.evaluate_fn is evaluate:
             self._record_split(prepare(self.config.evaluation))
         for candidate in self.store.pending():  # left by a crash: dispatched first
@@ -241,19 +271,17 @@ class Controller:
         now = time.perf_counter()
         if force or now - self._last_progress >= PROGRESS_INTERVAL:
             self._last_progress = now
-            self.progress(self.status_line())
+            self.progress(self._finished, self.config.budget, self.status_line())
 
     def status_line(self) -> str:
+        """Running, promoted, done and rejected (by protocol) candidates, and the best so far."""
         counts = self.store.counts()
         best = self.store.top(1)
         rejected = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(counts.items()) if k.startswith("rejected:"))
         best_text = f"best {_scores_text(best[0].scores)} {best[0].genome.formula()}" if best else "best -"
-        minutes = (time.perf_counter() - self._started) / 60
-        rate = (self._finished - self._finished_at_start) / minutes if minutes > 0 else 0.0
         promoted = ", ".join(f"r{k.split(':')[0][5:]} {v}" for k, v in sorted(counts.items()) if k.startswith("rung") and k.endswith(":done"))
         promoted_text = f"promoted {promoted}, " if promoted else ""
-        return (f"{self._finished}/{self.config.budget} finished ({rate:.1f}/min, {len(self._running) + len(self._promoting)} running), "
-                f"{promoted_text}"
+        return (f"{len(self._running) + len(self._promoting)} running, {promoted_text}"
                 f"done {counts.get('done', 0)}, rejected {counts.get('rejected', 0)} ({rejected or 'none'}), {best_text}")
 
 

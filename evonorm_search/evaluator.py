@@ -10,50 +10,52 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Optional, Tuple, Type
+from typing import Annotated, Literal, Optional, Tuple, Type
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import make_layer_class
 
 from .proxy import ArchitectureConfig, CIFAR10DataModule, train_and_validate
+from .schema import config_class
 from .stability import stability_test
 
-ACCELERATORS = ("cpu", "cuda", "gpu", "mps", "tpu", "xla", "auto")
+Positive = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
-@dataclass(frozen=True)
+@config_class
 class EvaluationConfig:
-    architectures: Tuple[ArchitectureConfig, ...] = field(
+    architectures: Annotated[Tuple[ArchitectureConfig, ...], Field(min_length=1)] = field(
         default_factory=lambda: (ArchitectureConfig("resnet50v2"), ArchitectureConfig("mobilenetv2"), ArchitectureConfig("efficientnet_b0"))
     )
     data_dir: Optional[str] = None  # None: synthetic CIFAR-like data (no download)
-    data_limit: Optional[int] = None
-    batch_size: int = 64
-    val_fraction: float = 0.2  # the search-validation part, which the search scores on
-    heldout_fraction: float = 0.2  # the held-out part, scored only by rerank and the ablation (proxy/data.py)
-    split_seed: int = 0  # the split of the images into train / search-validation / held-out
-    score_on: str = "search"  # the part validation accuracy is measured on: search, or heldout (rerank)
-    train_steps: int = 500
-    lr: float = 0.05
+    data_limit: Optional[Positive] = None
+    batch_size: Positive = 64
+    val_fraction: Fraction = 0.2  # the search-validation part, which the search scores on
+    heldout_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2  # the held-out part, scored only by rerank and the ablation (proxy/data.py)
+    split_seed: Annotated[int, Field(ge=0)] = 0  # the split of the images into train / search-validation / held-out
+    score_on: Literal["search", "heldout"] = "search"  # the part validation accuracy is measured on (heldout: rerank)
+    train_steps: Positive = 500
+    lr: Annotated[float, Field(gt=0)] = 0.05
     stability: bool = True
-    stability_steps: int = 100
-    stability_threshold: float = 1e8
+    stability_steps: Positive = 100
+    stability_threshold: Annotated[float, Field(gt=0)] = 1e8
     quality: bool = True
-    quality_steps: int = 100
-    quality_threshold: float = 0.2
-    seed: int = 0
-    accelerator: str = "cpu"  # Lightning's accelerator for the proxy training: cpu, cuda, gpu, mps, auto
-    devices: int = 1  # devices one proxy training uses (workers share devices: execution.workers_per_device)
+    quality_steps: Positive = 100
+    quality_threshold: Annotated[float, Field(ge=0, lt=1)] = 0.2  # validation accuracy, a fraction
+    seed: Annotated[int, Field(ge=0)] = 0
+    # Lightning's accelerator for the proxy training ('auto' picks a GPU where there is one)
+    accelerator: Literal["cpu", "cuda", "gpu", "mps", "tpu", "xla", "auto"] = "cpu"
+    devices: Positive = 1  # devices one proxy training uses (workers share devices: execution.workers_per_device)
 
     def __post_init__(self) -> None:
-        if self.accelerator not in ACCELERATORS:
-            raise ValueError(f"evaluation.accelerator {self.accelerator!r} is not one of {', '.join(ACCELERATORS)}; "
-                             f"'auto' picks a GPU where there is one")
-        if self.devices < 1:
-            raise ValueError(f"evaluation.devices must be at least 1, got {self.devices}")
+        if self.val_fraction + self.heldout_fraction >= 1:
+            raise ValueError(f"val_fraction + heldout_fraction must leave images to train on, got "
+                             f"{self.val_fraction} + {self.heldout_fraction}")
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,12 @@ def prepare(config: EvaluationConfig) -> dict:
     """Load the proxy data once, raising on a missing or malformed dataset: a problem of the run,
     which must stop it rather than reject every candidate. Returns the split's record (seed, sizes,
     digest of the indices), which the store keeps."""
-    return _data(config).split
+    return proxy_data(config).split
 
 
 @lru_cache(maxsize=4)
-def _data(config: EvaluationConfig) -> CIFAR10DataModule:
+def proxy_data(config: EvaluationConfig) -> CIFAR10DataModule:
+    """The evaluation's data, loaded and split (cached: a worker loads it once for many candidates)."""
     data = CIFAR10DataModule(config.data_dir, config.batch_size, config.val_fraction, config.data_limit, config.seed,
                              config.heldout_fraction, config.split_seed, config.score_on)
     data.setup()
@@ -123,7 +126,7 @@ def evaluate_layer(layer: Type[nn.Module], config: EvaluationConfig) -> Outcome:
         return Outcome(None, protocol, reason, time.perf_counter() - start)
 
     try:
-        data = _data(config)
+        data = proxy_data(config)
         known = {}  # architecture index -> accuracy already measured with train_steps
 
         def steps_and_lr(architecture: ArchitectureConfig) -> Tuple[int, float]:

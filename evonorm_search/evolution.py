@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Deque, Optional, Sequence, Tuple
+from typing import Collection, Deque, Optional, Sequence, Tuple
 
 from evonorm_plugins.graph import Genome
 
@@ -26,10 +26,12 @@ from .space import SearchSpace, mutate, random_genome
 @dataclass(frozen=True)
 class Proposal:
     """A genome to evaluate, and the candidate id (as given to ``report``) of the member it was mutated
-    from: None for a fresh or seeded genome. The store records lineage with it."""
+    from: None for a fresh or seeded genome; ``seeded``: one of the ``initial`` genomes (e.g. a paper
+    layer), not found by the search. The store records both."""
 
     genome: Genome
     parent: Optional[int] = None
+    seeded: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class RandomSearch:
 
     def promote(self, candidate_id: int, rung: int, scores: Sequence[float]) -> None:
         """A candidate's scores after a longer training (multi-fidelity); random search has no use for them."""
+
+    def skip_initial(self, proposed: Collection[str]) -> None:
+        """Forget the ``initial`` genomes whose hash is in ``proposed`` (resume: already in the store)."""
 
 
 class RegularizedEvolution(RandomSearch):
@@ -105,13 +110,18 @@ class RegularizedEvolution(RandomSearch):
         if len(self.population) < self.population_size and (
             self._seeds or not self.population or self.random_while_filling >= 1 or self.rng.random() < self.random_while_filling
         ):
-            return Proposal(self._seeds.pop(0) if self._seeds else random_genome(self.space, self.rng))
+            if self._seeds:
+                return Proposal(self._seeds.pop(0), seeded=True)
+            return Proposal(random_genome(self.space, self.rng))
         drawn = self.rng.sample(list(self.population), min(self.tournament_size, len(self.population)))
         top_rung = max(member.rung for member in drawn)
         tournament = [member for member in drawn if member.rung == top_rung]  # never compare fidelities
         front = pareto_front([member.scores for member in tournament])
         parent = tournament[self.rng.choice(front)]
         return Proposal(mutate(parent.genome, self.space, self.rng), parent.candidate_id)
+
+    def skip_initial(self, proposed: Collection[str]) -> None:
+        self._seeds = [genome for genome in self._seeds if genome.hash() not in proposed]
 
     def report(self, genome: Genome, scores: Optional[Sequence[float]], candidate_id: Optional[int] = None) -> None:
         super().report(genome, scores, candidate_id)

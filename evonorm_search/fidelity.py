@@ -20,22 +20,22 @@ never compared with each other. The population's tournaments and the store's ``t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Set, Tuple
+from typing import Annotated, Dict, Optional, Set, Tuple
+
+from pydantic import Field
 
 from .evaluator import EvaluationConfig, scale_steps
+from .schema import config_class
 
 
-@dataclass(frozen=True)
+@config_class
 class FidelityConfig:
     """``rungs`` fidelity levels (1: every candidate trains once, no promotion); ``eta`` is both the
     step multiplier between rungs and the inverse of the promoted fraction."""
 
-    rungs: int = 1
-    eta: int = 3
 
-    def __post_init__(self) -> None:
-        if self.rungs < 1 or self.eta < 2:
-            raise ValueError(f"fidelity needs rungs >= 1 and eta >= 2, got rungs={self.rungs}, eta={self.eta}")
+    rungs: Annotated[int, Field(ge=1)] = 1
+    eta: Annotated[int, Field(ge=2)] = 3
 
     def evaluation(self, config: EvaluationConfig, rung: int) -> EvaluationConfig:
         """The proxy training of rung ``rung``: steps · eta^rung, without the gates above rung 0."""

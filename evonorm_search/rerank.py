@@ -27,6 +27,7 @@ from evonorm_plugins.registry import get_layer_class
 from .config import SearchConfig
 from .evaluator import EvaluationConfig, prepare, scale_steps
 from .execution import Executor
+from .progress import Progress, no_progress
 from .store import SearchStore
 from .trainings import Training, run_trainings
 
@@ -72,7 +73,7 @@ class RankedLayer:
 
 
 def rerank(store: SearchStore, settings: RerankSettings, executor: Optional[Executor] = None,
-           in_flight: Optional[int] = None, progress=lambda line: None) -> List[RankedLayer]:
+           in_flight: Optional[int] = None, progress: Progress = no_progress) -> List[RankedLayer]:
     """Train what is missing, then return every layer ranked best first (held-out accuracy)."""
     config = store.get_meta("config")
     if config is None:
@@ -89,7 +90,7 @@ def rerank(store: SearchStore, settings: RerankSettings, executor: Optional[Exec
     key = settings.key()
     trainings = [Training(key, name, seed, layer, settings.evaluation(search, seed))
                  for seed in range(settings.seeds) for name, layer in layers.items()]
-    run_trainings(store, trainings, executor, in_flight, lambda line: progress(f"re-ranking: {line}"))
+    run_trainings(store, trainings, executor, in_flight, progress)
     return _table(store, key, layers, candidates)
 
 

@@ -11,16 +11,19 @@ Mutating a node the output does not use would change nothing, so such nodes are 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Annotated, Optional, Sequence, Tuple
+
+from pydantic import Field
 
 from evonorm_plugins.graph import PRIMITIVES, Genome, GenomeError, Node
 from evonorm_plugins.graph.primitives import NUM_INITIAL_NODES
 
+from .schema import config_class
+
 PAPER_MAX_NODES = 14
 
 
-@dataclass(frozen=True)
+@config_class
 class SearchSpace:
     """Which genomes the search may produce.
 
@@ -31,9 +34,10 @@ class SearchSpace:
         ops: the primitives to draw from (default: all of the space's primitives).
     """
 
+
     batch_dependent: bool = True
-    max_nodes: int = PAPER_MAX_NODES
-    min_nodes: int = NUM_INITIAL_NODES + 1
+    max_nodes: Annotated[int, Field(gt=NUM_INITIAL_NODES, le=64)] = PAPER_MAX_NODES
+    min_nodes: Annotated[int, Field(gt=NUM_INITIAL_NODES)] = NUM_INITIAL_NODES + 1
     ops: Optional[Tuple[str, ...]] = None
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 from evonorm_plugins.graph import Genome
 
@@ -38,7 +38,9 @@ CREATE TABLE IF NOT EXISTS candidates (
     wall_time REAL,
     created REAL NOT NULL,
     finished REAL,
-    finish_order INTEGER
+    finish_order INTEGER,
+    seeded INTEGER NOT NULL DEFAULT 0,
+    retries TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS promotions (
@@ -53,6 +55,7 @@ CREATE TABLE IF NOT EXISTS promotions (
     created REAL NOT NULL,
     finished REAL,
     finish_order INTEGER,
+    retries TEXT,
     PRIMARY KEY (candidate, rung)
 );
 CREATE TABLE IF NOT EXISTS rerank (
@@ -65,6 +68,8 @@ CREATE TABLE IF NOT EXISTS rerank (
     PRIMARY KEY (settings, layer, seed)
 );
 """
+CANDIDATE_COLUMNS = ("id, genome, hash, functional_hash, parent, status, protocol, reason, scores, wall_time, finished, "
+                     "seeded, retries")
 INDEXES = """
 CREATE INDEX IF NOT EXISTS by_hash ON candidates (hash);
 CREATE INDEX IF NOT EXISTS by_functional_hash ON candidates (functional_hash);
@@ -72,6 +77,10 @@ CREATE INDEX IF NOT EXISTS by_finish_order ON candidates (finish_order);
 CREATE INDEX IF NOT EXISTS by_mean_score ON candidates (status, mean_score);
 CREATE INDEX IF NOT EXISTS promotions_by_finish_order ON promotions (finish_order);
 """
+
+
+def _retries(causes: Sequence[str]) -> Optional[str]:
+    return json.dumps(list(causes)) if causes else None
 
 
 def _mean(scores: Sequence[float]) -> float:
@@ -92,6 +101,8 @@ class Candidate:
     wall_time: Optional[float]
     finished: Optional[float] = None  # unix time
     rung: int = 0  # highest fidelity reached (``top``: ``scores`` are that rung's); 0 elsewhere
+    seeded: bool = False  # one of the search's seeds (a paper layer), not found by the search
+    retries: Tuple[str, ...] = ()  # why each earlier attempt at its evaluation produced nothing
 
 
 @dataclass(frozen=True)
@@ -118,28 +129,74 @@ class TrainingRecord(NamedTuple):
     wall_time: Optional[float]
 
 
+class StoreError(ValueError):
+    """A file that cannot be used as a search store, said in one line."""
+
+
 class SearchStore:
-    """One search's SQLite file. ``meta`` holds the run's configuration, so resume needs only the file."""
+    """One search's SQLite file. ``meta`` holds the run's configuration, so resume needs only the file.
 
-    def __init__(self, path: Union[str, Path]) -> None:
+    ``read_only`` opens an existing store without writing anything (``top``, ``export``, ``plot``);
+    otherwise the file is created if missing. Either way a file that is not a search store (another
+    application's database, a damaged or truncated file) is refused with a :class:`StoreError`. Who may
+    write is the controller's business (:mod:`.lock`)."""
+
+    def __init__(self, path: Union[str, Path], read_only: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), isolation_level=None)  # autocommit; explicit transactions
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self._add_mean_scores()
-        self._db.executescript(INDEXES)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a folder; give the search store's file, e.g. runs/search.sqlite")
+        if read_only and not self.path.is_file():
+            raise StoreError(f"no search store at {str(self.path)!r}; start a search with `evonorm-search run`")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if read_only:
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            else:
+                self._db = sqlite3.connect(str(self.path), isolation_level=None)  # autocommit; explicit transactions
+            self._check_is_store(read_only)
+            if not read_only:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(SCHEMA)
+                self._add_columns()
+                self._db.executescript(INDEXES)
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.path} is not a search store or is damaged ({error}); give the store a search "
+                             f"wrote, or a new path") from None
 
-    def _add_mean_scores(self) -> None:
-        """Stores written before ``mean_score`` existed get the column, filled from ``scores``."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(candidates)")}
-        if "mean_score" in columns:
-            return
+    def _check_is_store(self, read_only: bool) -> None:
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and not {"candidates", "meta"} <= tables:
+            others = ", ".join(sorted(t for t in tables if not t.startswith("sqlite_")))
+            raise StoreError(f"{self.path} is not a search store (it holds the tables {others}); give a new path")
+        if read_only and not tables:
+            raise StoreError(f"{self.path} is not a search store (it is empty); start a search with `evonorm-search run`")
+        if read_only and "seeded" not in {row[1] for row in self._db.execute("PRAGMA table_info(candidates)")}:
+            raise StoreError(f"{self.path} was written by an older version; run `evonorm-search resume --store "
+                             f"{self.path}` once to bring it up to date")
+
+    def _add_columns(self) -> None:
+        """Stores written by earlier versions get the columns added since (``mean_score`` filled from ``scores``)."""
+        columns = {table: {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                   for table in ("candidates", "promotions")}
+        added = [("candidates", "seeded", "INTEGER NOT NULL DEFAULT 0"), ("candidates", "retries", "TEXT"),
+                 ("promotions", "retries", "TEXT")]
         with self._transaction():
-            self._db.execute("ALTER TABLE candidates ADD COLUMN mean_score REAL")
-            for candidate_id, scores in self._db.execute("SELECT id, scores FROM candidates WHERE scores IS NOT NULL").fetchall():
-                self._db.execute("UPDATE candidates SET mean_score = ? WHERE id = ?", (_mean(json.loads(scores)), candidate_id))
+            for table, column, kind in added:
+                if column not in columns[table]:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            if "mean_score" not in columns["candidates"]:
+                self._db.execute("ALTER TABLE candidates ADD COLUMN mean_score REAL")
+                for candidate_id, scores in self._db.execute("SELECT id, scores FROM candidates WHERE scores IS NOT NULL").fetchall():
+                    self._db.execute("UPDATE candidates SET mean_score = ? WHERE id = ?", (_mean(json.loads(scores)), candidate_id))
+
+    def started(self) -> bool:
+        """Whether anything ran on this store (a candidate, a promotion, a training or a baseline): a
+        store whose run failed before that may take another config."""
+        queries = ("SELECT 1 FROM candidates LIMIT 1", "SELECT 1 FROM promotions LIMIT 1", "SELECT 1 FROM rerank LIMIT 1",
+                   "SELECT 1 FROM meta WHERE key = 'baselines'")
+        return any(self._db.execute(query).fetchone() for query in queries)
 
     def close(self) -> None:
         self._db.close()
@@ -158,13 +215,19 @@ class SearchStore:
         return [a["name"] for a in config.get("evaluation", {}).get("architectures", [])]
 
     # ------------------------------------------------------------------------------- transitions
-    def add(self, genome: Genome, parent: Optional[int] = None, functional_hash: Optional[str] = None) -> int:
+    def add(self, genome: Genome, parent: Optional[int] = None, functional_hash: Optional[str] = None,
+            seeded: bool = False) -> int:
         """Record a proposed candidate as ``pending``; returns its id."""
         cursor = self._db.execute(
-            "INSERT INTO candidates (genome, hash, functional_hash, parent, status, created) VALUES (?, ?, ?, ?, 'pending', ?)",
-            (genome.to_json(indent=None), genome.hash(), functional_hash, parent, time.time()),
+            "INSERT INTO candidates (genome, hash, functional_hash, parent, status, created, seeded) "
+            "VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+            (genome.to_json(indent=None), genome.hash(), functional_hash, parent, time.time(), int(seeded)),
         )
         return int(cursor.lastrowid)
+
+    def seeded_hashes(self) -> Set[str]:
+        """The hashes of the seeds proposed so far, finished or pending (resume must not propose them again)."""
+        return {row[0] for row in self._db.execute("SELECT hash FROM candidates WHERE seeded")}
 
     def _finish(self, candidate_id: int, status: str, **columns: object) -> None:
         self._finish_row("candidates", "id = ?", (candidate_id,), f"candidate {candidate_id}", status, columns)
@@ -191,15 +254,18 @@ class SearchStore:
         self._db.execute("INSERT INTO promotions (candidate, rung, status, created) VALUES (?, ?, 'pending', ?)",
                          (candidate_id, rung, time.time()))
 
-    def complete_promotion(self, candidate_id: int, rung: int, scores: Sequence[float], wall_time: float) -> None:
+    def complete_promotion(self, candidate_id: int, rung: int, scores: Sequence[float], wall_time: float,
+                           retries: Sequence[str] = ()) -> None:
         self._finish_row("promotions", "candidate = ? AND rung = ?", (candidate_id, rung),
                          f"promotion of candidate {candidate_id} to rung {rung}", "done",
-                         {"scores": json.dumps([float(s) for s in scores]), "mean_score": _mean(scores), "wall_time": wall_time})
+                         {"scores": json.dumps([float(s) for s in scores]), "mean_score": _mean(scores), "wall_time": wall_time,
+                          "retries": _retries(retries)})
 
-    def reject_promotion(self, candidate_id: int, rung: int, protocol: str, reason: str, wall_time: float) -> None:
+    def reject_promotion(self, candidate_id: int, rung: int, protocol: str, reason: str, wall_time: float,
+                         retries: Sequence[str] = ()) -> None:
         self._finish_row("promotions", "candidate = ? AND rung = ?", (candidate_id, rung),
                          f"promotion of candidate {candidate_id} to rung {rung}", "rejected",
-                         {"protocol": protocol, "reason": reason, "wall_time": wall_time})
+                         {"protocol": protocol, "reason": reason, "wall_time": wall_time, "retries": _retries(retries)})
 
     def _promotions(self, where: str, order: str) -> List[Promotion]:
         rows = self._db.execute(f"SELECT candidate, rung, status, protocol, reason, scores, wall_time FROM promotions "
@@ -222,9 +288,10 @@ class SearchStore:
     def _finish_orders(self, table: str) -> List[int]:
         return [row[0] for row in self._db.execute(f"SELECT finish_order FROM {table} WHERE status != 'pending' ORDER BY finish_order")]
 
-    def complete(self, candidate_id: int, scores: Sequence[float], wall_time: float) -> None:
+    def complete(self, candidate_id: int, scores: Sequence[float], wall_time: float, retries: Sequence[str] = ()) -> None:
+        """A trained candidate; ``retries``: why each earlier attempt at it produced nothing (a dead worker)."""
         self._finish(candidate_id, "done", scores=json.dumps([float(s) for s in scores]),
-                     mean_score=_mean(scores), wall_time=wall_time)
+                     mean_score=_mean(scores), wall_time=wall_time, retries=_retries(retries))
 
     def complete_as_duplicate(self, candidate_id: int, original: "Candidate") -> None:
         """A candidate that computes the same function as a done one: its scores are reused, not
@@ -234,8 +301,8 @@ class SearchStore:
             scores=json.dumps(list(original.scores or ())), mean_score=_mean(original.scores or ()), wall_time=0.0,
         )
 
-    def reject(self, candidate_id: int, protocol: str, reason: str, wall_time: float) -> None:
-        self._finish(candidate_id, "rejected", protocol=protocol, reason=reason, wall_time=wall_time)
+    def reject(self, candidate_id: int, protocol: str, reason: str, wall_time: float, retries: Sequence[str] = ()) -> None:
+        self._finish(candidate_id, "rejected", protocol=protocol, reason=reason, wall_time=wall_time, retries=_retries(retries))
 
     def _transaction(self):
         db = self._db
@@ -269,8 +336,7 @@ class SearchStore:
     # ------------------------------------------------------------------------------------ queries
     def _rows(self, where: str, args: tuple = (), order: str = "id", limit: int = -1) -> Iterator[Candidate]:
         query = (
-            "SELECT id, genome, hash, functional_hash, parent, status, protocol, reason, scores, wall_time, finished "
-            f"FROM candidates WHERE {where} ORDER BY {order} LIMIT ?"
+            f"SELECT {CANDIDATE_COLUMNS} FROM candidates WHERE {where} ORDER BY {order} LIMIT ?"
         )
         for row in self._db.execute(query, (*args, limit)):
             yield self._candidate(row)
@@ -279,6 +345,7 @@ class SearchStore:
         return Candidate(
             row[0], Genome.from_json(row[1], source=f"{self.path} candidate {row[0]}"), row[2], row[3], row[4],
             row[5], row[6], row[7], tuple(json.loads(row[8])) if row[8] else None, row[9], row[10], rung,
+            bool(row[11]), tuple(json.loads(row[12])) if row[12] else (),
         )
 
     def pending(self) -> List[Candidate]:
@@ -316,13 +383,13 @@ class SearchStore:
         rung's scores and ``rung`` set."""
         query = (
             "SELECT c.id, c.genome, c.hash, c.functional_hash, c.parent, c.status, c.protocol, c.reason, "
-            "COALESCE(p.scores, c.scores), c.wall_time, c.finished, COALESCE(p.rung, 0) AS reached, "
+            "COALESCE(p.scores, c.scores), c.wall_time, c.finished, c.seeded, c.retries, COALESCE(p.rung, 0) AS reached, "
             "COALESCE(p.mean_score, c.mean_score) AS score "
             "FROM candidates c LEFT JOIN promotions p ON p.candidate = c.id AND p.status = 'done' AND p.rung = "
             "(SELECT MAX(rung) FROM promotions q WHERE q.candidate = c.id AND q.status = 'done') "
             "WHERE c.status = 'done' AND c.protocol IS NULL ORDER BY reached DESC, score DESC, c.id LIMIT ?"
         )
-        return [self._candidate(row[:11], rung=row[11]) for row in self._db.execute(query, (k,))]
+        return [self._candidate(row[:13], rung=row[13]) for row in self._db.execute(query, (k,))]
 
     def get(self, candidate_id: int) -> Candidate:
         found = next(self._rows("id = ?", (candidate_id,)), None)

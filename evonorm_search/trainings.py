@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, Optional, Sequence, Tuple, Union
+from typing import Deque, Dict, Optional, Sequence, Tuple, Union
 
 from evonorm_plugins.graph import Genome
 from evonorm_plugins.registry import get_layer_class, make_layer_class
 
 from .evaluator import EvaluationConfig, Outcome, evaluate_layer, prepare
 from .execution import Executor, InlineExecutor
+from .progress import Progress, no_progress
 from .store import SearchStore
 
 Layer = Union[str, Genome]  # a registry name or a genome
@@ -38,7 +39,7 @@ def train_layer(layer: Layer, config: EvaluationConfig) -> Outcome:
 
 
 def run_trainings(store: SearchStore, trainings: Sequence[Training], executor: Optional[Executor] = None,
-                  in_flight: Optional[int] = None, progress: Callable[[str], None] = lambda line: None) -> int:
+                  in_flight: Optional[int] = None, progress: Progress = no_progress) -> int:
     """Run the trainings the store does not hold yet, recording each as it finishes; returns how many ran."""
     done = {(key, name, seed) for key in {t.key for t in trainings} for name, seed, *_ in store.trainings(key)}
     todo: Deque[Tuple[int, Training]] = deque(enumerate(t for t in trainings if (t.key, t.name, t.seed) not in done))
@@ -59,5 +60,6 @@ def run_trainings(store: SearchStore, trainings: Sequence[Training], executor: O
             store.record_training(training.key, training.name, training.seed, outcome.scores,
                                   None if outcome.scores else f"{outcome.protocol}: {outcome.reason}", outcome.wall_time)
             finished += 1
-            progress(f"{finished}/{total} trainings finished ({training.name}, seed {training.seed})")
+            failed = "" if outcome.scores else f" failed: {outcome.protocol}"
+            progress(finished, total, f"last: {training.name}, seed {training.seed}{failed}")
     return total

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from .._ops import affine, check_channels, check_input, update_running_stat
 from ..kernels.common import compute_dtype
 from ..layers.base import EvoNormBase, num_groups_for
-from .genome import X, Genome, genome_from_ops
+from .genome import Genome, X, genome_from_ops
 from .primitives import FIRST_AGGREGATION, PRIMITIVES, elementwise, statistic
 
 # Initial value of a batch statistic's running estimate: mean 0, variance 1, second moment 1.

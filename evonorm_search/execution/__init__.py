@@ -16,15 +16,18 @@ with the policy and registers itself in :func:`create_executor`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Protocol, Tuple
+from typing import Annotated, Any, List, Literal, Optional, Protocol, Tuple
+
+from pydantic import Field
 
 from ..evaluator import Outcome
+from ..schema import config_class
 from .inline import InlineExecutor
 from .local import ProcessExecutor
 from .policy import Attempt, Key, RetryPolicy, Task
 
 
-@dataclass(frozen=True)
+@config_class
 class ExecutorConfig:
     """How evaluations run: ``backend`` ``local`` (worker processes; ``workers: 0`` runs them in the
     controller's process), or ``ray`` (``address`` None starts a local Ray instance; ``auto`` or
@@ -37,20 +40,18 @@ class ExecutorConfig:
     training's own accelerator is the evaluation's ``accelerator`` (``cpu`` by default, ``cuda`` or
     ``auto``); ``devices: 0`` assigns nothing, as on a CPU-only machine."""
 
-    backend: str = "local"
-    workers: int = 0
-    threads_per_worker: int = 1
-    in_flight: Optional[int] = None
-    time_limit: Optional[float] = None  # seconds per task; None: no limit
-    max_retries: int = 1  # re-runs of a task whose worker died
+
+    backend: Literal["local", "ray"] = "local"
+    workers: Annotated[int, Field(ge=0)] = 0
+    threads_per_worker: Annotated[int, Field(ge=1)] = 1
+    in_flight: Optional[Annotated[int, Field(ge=1)]] = None
+    time_limit: Optional[Annotated[float, Field(gt=0)]] = None  # seconds per task; None: no limit
+    max_retries: Annotated[int, Field(ge=0)] = 1  # re-runs of a task whose worker died
     address: Optional[str] = None
-    devices: int = 0  # accelerator devices the workers spread over (0: none assigned)
-    workers_per_device: int = 1  # workers sharing one device
+    devices: Annotated[int, Field(ge=0)] = 0  # accelerator devices the workers spread over (0: none assigned)
+    workers_per_device: Annotated[int, Field(ge=1)] = 1  # workers sharing one device
 
     def __post_init__(self) -> None:
-        if self.devices < 0 or self.workers_per_device < 1:
-            raise ValueError(f"execution needs devices >= 0 and workers_per_device >= 1, got devices={self.devices}, "
-                             f"workers_per_device={self.workers_per_device}")
         if self.devices and self.backend == "local" and self.workers not in (0, self.devices * self.workers_per_device):
             raise ValueError(f"execution: workers={self.workers} does not match devices={self.devices} × "
                              f"workers_per_device={self.workers_per_device}; leave workers out or set it to "
@@ -87,8 +88,6 @@ def create_executor(config: ExecutorConfig) -> Executor:
         from .ray_backend import RayExecutor  # Ray loads only when asked for
 
         return RayExecutor(config)
-    if config.backend != "local":
-        raise ValueError(f"unknown executor backend {config.backend!r}; use 'local' or 'ray'")
     if config.worker_count == 0:
         return InlineExecutor()
     return ProcessExecutor(config)

@@ -10,10 +10,13 @@ A new proxy architecture is a builder ``(layer, width, depth, num_classes) -> nn
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple, Type
+import difflib
+from typing import Annotated, Callable, Dict, Optional, Sequence, Tuple, Type
 
+from pydantic import Field
 from torch import nn
+
+from ..schema import config_class
 
 
 def _resnet50v2(layer: Callable[..., nn.Module], width: float, depth: Sequence[int], num_classes: int) -> nn.Module:
@@ -59,32 +62,27 @@ ARCHITECTURES: Dict[str, Callable[..., nn.Module]] = {
 }
 
 
-@dataclass(frozen=True)
+@config_class
 class ArchitectureConfig:
     """One proxy architecture: ``name`` from :data:`ARCHITECTURES`, a width multiplier, and depths
     (resnet50v2: blocks per stage; efficientnet_b0: ``[depth_multiplier]``; mobilenetv2: unused).
     ``steps`` and ``lr`` override the evaluation's ``train_steps`` and ``lr`` for this architecture
     (depthwise networks want a lower rate than ResNets)."""
 
-    name: str
-    width: float = 0.25
-    depth: Tuple[float, ...] = ()
-    steps: Optional[int] = None
-    lr: Optional[float] = None
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "ArchitectureConfig":
-        unknown = set(data) - {"name", "width", "depth", "steps", "lr"}
-        if unknown or "name" not in data:
-            raise ValueError(f"an architecture takes name, width, depth, steps and lr; got {sorted(data)}")
-        return cls(
-            str(data["name"]), float(data.get("width", 0.25)), tuple(float(d) for d in data.get("depth", ())),
-            None if data.get("steps") is None else int(data["steps"]), None if data.get("lr") is None else float(data["lr"]),
-        )
+    name: str
+    width: Annotated[float, Field(gt=0, le=4)] = 0.25
+    depth: Tuple[Annotated[float, Field(gt=0)], ...] = ()
+    steps: Optional[Annotated[int, Field(gt=0)]] = None
+    lr: Optional[Annotated[float, Field(gt=0)]] = None
+
+    def __post_init__(self) -> None:
+        if self.name not in ARCHITECTURES:
+            close = difflib.get_close_matches(self.name, list(ARCHITECTURES), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown proxy architecture {self.name!r}; {hint}choose from {', '.join(ARCHITECTURES)}")
 
     def build(self, layer: Type[nn.Module], num_classes: int = 10) -> nn.Module:
-        if self.name not in ARCHITECTURES:
-            raise ValueError(f"unknown proxy architecture {self.name!r}; choose from {', '.join(ARCHITECTURES)}")
         depth = self.depth or ((3, 4, 6, 3) if self.name == "resnet50v2" else ())
         if self.name == "resnet50v2":
             depth = tuple(int(d) for d in depth)

@@ -14,7 +14,7 @@ from evonorm_search.cli import main  # noqa: E402
 from evonorm_search.rerank import RerankSettings  # noqa: E402
 from evonorm_search.store import SearchStore  # noqa: E402
 
-SMOKE = ROOT / "configs" / "search" / "smoke.yaml"
+SMOKE = ROOT / "evonorm_search" / "quickstart.yaml"
 
 
 @pytest.fixture

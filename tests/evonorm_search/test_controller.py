@@ -31,12 +31,12 @@ def config(budget, strategy="evolution"):
 @pytest.mark.parametrize("strategy", ["evolution", "random"])
 def test_run_records_every_candidate(tmp_path, strategy):
     lines = []
-    store = Controller(tmp_path / "s.sqlite", config(60, strategy), fake_evaluate, lines.append).run()
+    store = Controller(tmp_path / "s.sqlite", config(60, strategy), fake_evaluate, lambda *update: lines.append(update)).run()
     counts = store.counts()
     assert store.finished_count() == 60 and counts.get("pending", 0) == 0
     assert counts["done"] + counts["rejected"] == 60
     assert counts.get("rejected:quality", 0) > 0
-    assert lines and lines[-1].startswith("60/60 finished")  # throttled, and always the final state
+    assert lines and lines[-1][:2] == (60, 60) and "0 running" in lines[-1][2]  # throttled, and always the final state
     top = store.top(3)
     assert len(top) == 3 and top[0].scores[0] + top[0].scores[1] >= top[1].scores[0] + top[1].scores[1]
 
@@ -140,7 +140,7 @@ def test_a_missing_dataset_stops_the_run_instead_of_rejecting_everything(tmp_pat
 def test_config_numbers_are_coerced_and_bad_ones_named():
     config = SearchConfig.from_dict({"budget": "10", "evaluation": {"stability_threshold": "1.0e8", "train_steps": 5.0}})
     assert config.budget == 10 and config.evaluation.stability_threshold == 1e8 and config.evaluation.train_steps == 5
-    with pytest.raises(ValueError, match=r"lr: expected a float, got 'fast'"):
+    with pytest.raises(ValueError, match=r"evaluation.lr: Input should be a valid number.*got 'fast'"):
         SearchConfig.from_dict({"evaluation": {"lr": "fast"}})
 
 

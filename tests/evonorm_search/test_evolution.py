@@ -50,7 +50,10 @@ def test_population_ages_and_discards_rejections():
 def test_seeds_come_first_and_resume_by_replay_rebuilds_the_population():
     seeds = [paper_genome("EvoNormS1"), paper_genome("EvoNormS2")]
     strategy = RegularizedEvolution(SPACE, population_size=4, tournament_size=2, seed=1, initial=seeds)
-    assert [strategy.propose(), strategy.propose()] == [Proposal(seed) for seed in seeds]  # seeds have no parent
+    assert [strategy.propose(), strategy.propose()] == [Proposal(seed, seeded=True) for seed in seeds]  # seeds have no parent
+    skipping = RegularizedEvolution(SPACE, population_size=4, tournament_size=2, seed=1, initial=seeds)
+    skipping.skip_initial({seeds[0].hash()})  # resume: the first seed is in the store already
+    assert skipping.propose() == Proposal(seeds[1], seeded=True) and not skipping.propose().seeded
     history = []
     for i in range(10):
         genome = strategy.propose().genome

@@ -27,7 +27,7 @@ CONFIG = SearchConfig(space=SearchSpace(batch_dependent=False, max_nodes=9), pop
 
 def run_search(path, executor, evaluate=search_tasks.fake_evaluate, in_flight=None, budget=40):
     config = SearchConfig(**{**CONFIG.__dict__, "budget": budget})
-    store = Controller(path, config, evaluate, executor=executor, in_flight=in_flight).run()
+    store = Controller(path, config, evaluate).run(executor, in_flight)
     return [(c.id, c.hash, c.status, c.protocol, c.scores, c.parent) for c in store.finished()]
 
 
@@ -62,7 +62,7 @@ def test_inline_search_records_lineage(tmp_path):
 
 
 def test_unknown_backend_is_named():
-    with pytest.raises(ValueError, match=r"unknown executor backend 'slurm'; use 'local' or 'ray'"):
+    with pytest.raises(ValueError, match=r"backend\n  Input should be 'local' or 'ray'"):
         create_executor(ExecutorConfig(backend="slurm"))
 
 

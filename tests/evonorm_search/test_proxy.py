@@ -61,7 +61,7 @@ def test_str_keyed_batches_and_malformed_files(tmp_path):
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no CIFAR-10 python batches at .*nowhere.* point the data path \(data_dir, data.root\) at the cifar-10-batches-py"):
+    with pytest.raises(FileNotFoundError, match=r"no CIFAR-10 python batches at .*nowhere.* cifar-10-python.tar.gz, from https:.*point the data path \(data_dir, data.root\) at its cifar-10-batches-py"):
         read_cifar10_batches(tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\)"):
         CIFAR10DataModule(None, val_fraction=1.0)

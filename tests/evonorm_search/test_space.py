@@ -43,8 +43,10 @@ def test_mutations_are_valid_different_and_run(batch_dependent):
 
 
 def test_space_errors():
-    with pytest.raises(ValueError, match=r"need 4 < min_nodes <= max_nodes"):
+    with pytest.raises(ValueError, match=r"max_nodes\n  Input should be greater than 4"):
         SearchSpace(max_nodes=4)
+    with pytest.raises(ValueError, match=r"need 4 < min_nodes <= max_nodes"):
+        SearchSpace(min_nodes=9, max_nodes=8)
     with pytest.raises(ValueError, match=r"unknown ops \['softmax'\]"):
         SearchSpace(ops=("add", "softmax"))
     with pytest.raises(ValueError, match=r"no ops left"):
