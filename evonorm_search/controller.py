@@ -228,6 +228,7 @@ class Controller:
         resume re-runs them. The executor belongs to the caller, who shuts it down."""
         self.executor = executor or InlineExecutor()
         self.in_flight = in_flight or self.executor.capacity
+        self._report_progress(force=True)  # the bar shows before the first candidate finishes
         if self.evaluate_fn is evaluate:
             self._record_split(prepare(self.config.evaluation))
         for candidate in self.store.pending():  # left by a crash: dispatched first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from typing import Tuple
 
 import pytorch_lightning as pl
@@ -72,13 +73,16 @@ def train_and_validate(model: nn.Module, data: CIFAR10DataModule, steps: int, lr
 
 @contextlib.contextmanager
 def _quiet_lightning():
-    """Lightning logs its device summary at every Trainer; a search builds thousands of them."""
+    """Lightning logs its device summary at every Trainer, and some versions a deprecation warning of
+    their own internals (``LeafSpec``); a search builds thousands of Trainers."""
     loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+            yield
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)

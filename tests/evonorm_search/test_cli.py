@@ -104,3 +104,59 @@ def test_execution_section_and_flags(tmp_path):
     config.write_text("execution: {wrokers: 2}\n")
     with pytest.raises(ValueError, match="wrokers"):
         _execution(SimpleNamespace(config=config, **flags))
+
+
+def test_user_errors_are_one_line_and_debug_keeps_the_traceback(tmp_path, capsys):
+    store = str(tmp_path / "s.sqlite")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("budget: 3\nevaluation: {batch_size: 4\n")
+    cases = [
+        (["run", "--config", str(empty), "--store", store], "is empty; start from"),
+        (["run", "--config", str(broken), "--store", store], "broken.yaml:3:1: YAML syntax error"),
+        (["run", "--config", str(tmp_path), "--store", store], "is a folder; give a YAML file"),
+        (["top", "--store", str(tmp_path / "missing.sqlite")], "no search store at"),
+        (["resume", "--store", str(tmp_path / "missing.sqlite")], "no search store at"),
+        (["top", "-k", "0", "--store", store], "argument -k: must be at least 1, got 0"),
+    ]
+    for argv, message in cases:
+        if "-k" in argv:  # argparse's own errors: usage and one line, exit code 2
+            with pytest.raises(SystemExit) as exited:
+                main(argv)
+            assert exited.value.code == 2
+        else:
+            assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+        assert len([line for line in err.splitlines() if "error" in line]) == 1, err
+    assert not (tmp_path / "s.sqlite").exists()  # nothing was written by a failed start
+    with pytest.raises(Exception, match="is empty"):
+        main(["run", "--config", str(empty), "--store", store, "--debug"])
+
+
+def test_a_store_in_use_is_refused_and_readers_still_read(tiny_config, tmp_path, capsys):
+    from evonorm_search.lock import StoreLock
+
+    store = tmp_path / "run.sqlite"
+    assert main(["run", "--config", str(tiny_config), "--store", str(store)]) == 0
+    out = capsys.readouterr()
+    assert f"evonorm-search run: on this process (no workers; --workers N for N worker processes), store {store}" in out.out
+    assert "search: 100%" in out.err and "3/3" in out.err  # the progress bar, on stderr
+    assert "(seed: the paper's EvoNormS0, not evolved)" in out.out
+    with StoreLock(store):
+        assert main(["resume", "--store", str(store)]) == 2
+        assert "run.sqlite is in use by pid" in capsys.readouterr().err
+        assert main(["top", "--store", str(store)]) == 0
+    assert main(["export", "--store", str(store), "-k", "3", "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["seed_EvoNormS0.json", "seed_EvoNormS1.json", "seed_EvoNormS2.json"]
+
+
+@pytest.mark.slow
+def test_the_quickstart_runs_with_no_arguments(tmp_path, monkeypatch, capsys):
+    """The README's first command: `evonorm-search run` alone, in an empty folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["run"]) == 0
+    out = capsys.readouterr().out
+    assert "no --config given, so the quickstart search" in out and "results: runs/search.sqlite" in out
+    assert SearchStore(tmp_path / "runs" / "search.sqlite", read_only=True).finished_count() == 6
