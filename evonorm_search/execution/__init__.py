@@ -15,7 +15,6 @@ with the policy and registers itself in :func:`create_executor`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any, List, Literal, Optional, Protocol, Tuple
 
 from pydantic import Field
