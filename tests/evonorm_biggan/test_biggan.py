@@ -424,8 +424,10 @@ def test_configs_parse_and_the_pair_differs_only_in_layer():
         bn["trainer"].pop("default_root_dir"), b0["trainer"].pop("default_root_dir")
         assert bn == b0
     model = yaml.safe_load((CONFIGS / "imagenet128_evonorm_b0.yaml").read_text())["model"]
+    # BigGAN-PyTorch's launch_BigGAN_deep.sh: 1 D step of 8 accumulated micro-batches of 256 per G step
     assert (model["g_ch"], model["depth"], model["g_lr"], model["d_lr"], model["betas"]) == (128, 2, 1e-4, 4e-4, [0.0, 0.999])
-    assert yaml.safe_load((CONFIGS / "imagenet128_bn_relu.yaml").read_text())["data"]["init_args"]["batch_size"] == 2 * 8 * 256
+    assert (model["d_steps"], model["accumulate"], model["output_channels"], model["eval_truncation"]) == (1, 8, 3, None)
+    assert yaml.safe_load((CONFIGS / "imagenet128_bn_relu.yaml").read_text())["data"]["init_args"]["batch_size"] == 1 * 8 * 256
 
 
 @pytest.mark.slow

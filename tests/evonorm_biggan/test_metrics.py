@@ -4,7 +4,7 @@ The real Inception weights are not available to the tests, so both use one rando
 saved as a local weights file (scaled so that its scores are far from degenerate). Both resize inside
 that network (torch-fidelity's TF-1.x bilinear resize): to 299×299, or to 96×96 through the class
 constant both read, to keep CPU time down. FID with the standard 2048 features costs an eigenvalue
-problem of size 2048 per computation (10–30 s on a small CPU): the default suite compares FID on the
+problem of size 2048 per computation (5–30 s on a small CPU): the default suite compares FID on the
 64-d features, the slow suite on the 2048-d ones at 299×299."""
 from unittest import mock
 
