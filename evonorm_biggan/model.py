@@ -1,10 +1,13 @@
 """BigGAN-deep generator and discriminator (Brock et al. 2019, appendix B), with a swappable G norm.
 
-Follows the reference BigGAN-PyTorch ``BigGANdeep.py``: bottleneck residual blocks (1×1 → 3×3 → 3×3 →
+Follows the reference BigGAN-PyTorch ``BigGANdeep.py`` (ajbrock/BigGAN-PyTorch, run with
+``scripts/launch_BigGAN_deep.sh``: ``--G_shared --hier``): bottleneck residual blocks (1×1 → 3×3 → 3×3 →
 1×1, channel ratio 4), ``depth`` blocks per resolution, G skips that drop channels, D skips that
-concatenate a learned 1×1 projection, a shared class embedding concatenated with the whole z (no
-chunking), self-attention at one resolution, spectral norm on every G and D weight, orthogonal init
-and a projection discriminator. Every class-conditional BN-ReLU of G is a
+concatenate a learned 1×1 projection, the shared class embedding concatenated *before* the whole z
+(``[shared(y), z]``, no chunking), self-attention at one stage label, spectral norm on every G and D
+weight, orthogonal init, a 3-channel output conv and a projection discriminator. With BN-ReLU and the
+same weights, G and D compute the reference's functions (:mod:`.convert_reference` loads its state
+dicts; tested against a port of its modules). Every class-conditional BN-ReLU of G is a
 :class:`~.conditional_norm.ConditionalNormAct` around the registry layer named by ``layer``; the
 output BN-ReLU is that layer unconditionally (with its own affine, like BigGAN's output BN).
 """
@@ -18,24 +21,28 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from evonorm_plugins.registry import get_layer
+
 from .conditional_norm import ConditionalNormAct
 
 SN_EPS = 1e-6  # BigGAN-deep's SN_eps
 
-# Channel multipliers of ch per stage and the stage resolutions (BigGAN-PyTorch's G_arch/D_arch of
-# BigGAN-deep). G stages go from bottom_width=4 upward; D stages list their output resolutions.
+# Channel multipliers of ch per stage and the stage labels that ``attention`` selects (BigGAN-PyTorch's
+# G_arch/D_arch of BigGAN-deep). G stages go from bottom_width=4 upward; D stages are labelled with their
+# output resolution, except at 32, where the reference labels all three D stages 16 although the last
+# two run at 8×8: ``attention=16`` there puts self-attention after each of the three D stages, as the
+# reference does (so its checkpoints load and compute the same function).
 G_ARCH: Dict[int, Dict[str, List[int]]] = {
     32: {"in": [4, 4, 4], "out": [4, 4, 4], "resolution": [8, 16, 32]},
     64: {"in": [16, 16, 8, 4], "out": [16, 8, 4, 2], "resolution": [8, 16, 32, 64]},
     128: {"in": [16, 16, 8, 4, 2], "out": [16, 8, 4, 2, 1], "resolution": [8, 16, 32, 64, 128]},
 }
 D_ARCH: Dict[int, Dict[str, List[int]]] = {
-    32: {"in": [4, 4, 4], "out": [4, 4, 4], "downsample": [1, 1, 0], "resolution": [16, 8, 8]},
+    32: {"in": [4, 4, 4], "out": [4, 4, 4], "downsample": [1, 1, 0], "resolution": [16, 16, 16]},
     64: {"in": [1, 2, 4, 8], "out": [2, 4, 8, 16], "downsample": [1, 1, 1, 1], "resolution": [32, 16, 8, 4]},
     128: {"in": [1, 2, 4, 8, 16], "out": [2, 4, 8, 16, 16], "downsample": [1, 1, 1, 1, 1], "resolution": [64, 32, 16, 8, 4]},
 }
 BOTTOM_WIDTH = 4
-OUTPUT_CONV_CHANNELS = 128
+IMAGE_CHANNELS = 3
 
 
 def _check_resolution(resolution: int, attention: Optional[int], stages: List[int], who: str) -> None:
@@ -44,7 +51,7 @@ def _check_resolution(resolution: int, attention: Optional[int], stages: List[in
     if attention is not None and attention not in stages:
         raise ValueError(
             f"{who}: attention resolution {attention} is not one of this network's stage resolutions "
-            f"{stages}; pick one of them or null for no attention"
+            f"{sorted(set(stages))}; pick one of them or null for no attention"
         )
 
 
@@ -158,6 +165,9 @@ class Generator(nn.Module):
         attention: stage resolution with self-attention, or None.
         layer: registry name replacing every BN-ReLU (``"BatchNormReLU"`` is BigGAN-deep itself).
         layer_kwargs: extra constructor keywords of that layer.
+        output_channels: output channels of the last conv, of which the first 3 are the image: 3 as in
+            BigGAN-PyTorch, or 128 as in the TF-Hub BigGAN-deep modules. Not the same function with the
+            same first 3 rows: spectral norm divides by the largest singular value of all rows.
     """
 
     def __init__(
@@ -171,10 +181,13 @@ class Generator(nn.Module):
         attention: Optional[int] = 64,
         layer: str = "BatchNormReLU",
         layer_kwargs: Optional[Dict[str, Any]] = None,
+        output_channels: int = IMAGE_CHANNELS,
     ) -> None:
         super().__init__()
         arch = G_ARCH.get(resolution, {"resolution": []})
         _check_resolution(resolution, attention, arch["resolution"], "Generator")
+        if output_channels < IMAGE_CHANNELS:
+            raise ValueError(f"Generator: output_channels must be at least {IMAGE_CHANNELS} (3: BigGAN-PyTorch, 128: TF-Hub), got {output_channels}")
         layer_kwargs = dict(layer_kwargs or {})
         self.dim_z = dim_z
         self.n_classes = n_classes
@@ -192,16 +205,14 @@ class Generator(nn.Module):
                 blocks.append(SelfAttention(cout * ch))
         self.blocks = nn.ModuleList(blocks)
         self.out_norm = get_layer(layer, arch["out"][-1] * ch, **layer_kwargs)
-        # BigGAN-deep's output conv has 128 channels of which the first 3 are the image (kept for the
-        # published parameter count and for loading converted weights)
-        self.out_conv = sn_conv(arch["out"][-1] * ch, OUTPUT_CONV_CHANNELS)
+        self.out_conv = sn_conv(arch["out"][-1] * ch, output_channels)
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
-        cond = torch.cat([z, self.shared(y)], dim=1)
+        cond = torch.cat([self.shared(y), z], dim=1)  # the reference's order (its ``--hier``)
         h = self.linear(cond).view(z.shape[0], self.first_ch, BOTTOM_WIDTH, BOTTOM_WIDTH)
         for block in self.blocks:
             h = block(h, cond) if isinstance(block, GBlock) else block(h)
-        return torch.tanh(self.out_conv(self.out_norm(h))[:, :3])
+        return torch.tanh(self.out_conv(self.out_norm(h))[:, :IMAGE_CHANNELS])
 
 
 class Discriminator(nn.Module):

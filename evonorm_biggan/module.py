@@ -7,8 +7,10 @@ micro-batches of real images, consumed by the D steps; the G step only needs z a
 BigGAN's betas (0, 0.999) and eps 1e-6, and two-timescale learning rates (G 1e-4, D 4e-4).
 
 The EMA generator ``G_ema`` copies G until ``ema_start`` G steps, then averages with ``ema_decay``;
-its running statistics are re-estimated ("standing statistics", see :mod:`.ema`) before sample grids
-and evaluation. Sampling uses ``G_ema`` in eval mode with the truncation trick.
+its running statistics are re-estimated ("standing statistics", see :mod:`.ema`) from latents of the
+distribution about to be sampled, before sample grids and evaluation. Sampling uses ``G_ema`` in eval
+mode: sample grids with truncated z (``truncation``), IS/FID with untruncated z ~ N(0, I) as the
+reference's training-time scores, or truncated at ``eval_truncation`` (then named in the log keys).
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ class BigGANModule(pl.LightningModule):
     """BigGAN-deep with the G normalization-activation chosen by registry name (``layer``).
 
     Args:
-        resolution, n_classes, depth, dim_z, shared_dim, layer, layer_kwargs: see :class:`.Generator`.
+        resolution, n_classes, depth, dim_z, shared_dim, layer, layer_kwargs, output_channels: see
+            :class:`.Generator`.
         g_ch, d_ch: channel multipliers of G and D.
         g_attention, d_attention: self-attention resolution in G and D (None: none).
         g_lr, d_lr, betas, adam_eps: Adam settings (two time-scale learning rates).
@@ -39,7 +42,10 @@ class BigGANModule(pl.LightningModule):
         ema_decay, ema_start: EMA of G's weights, starting after ``ema_start`` G steps.
         standing_stats_batches, standing_stats_batch_size: batches that re-estimate G_ema's running
             statistics before it samples.
-        truncation: truncation threshold of z for sample grids and evaluation.
+        truncation: truncation threshold of z for the sample grids.
+        eval_truncation: truncation threshold of z for IS/FID; None (default): untruncated z, logged as
+            ``eval/fid``, ``eval/is_mean``, ``eval/is_std``; a threshold t is named in the keys
+            (``eval/fid_trunc0.5`` …).
         sample_classes, sample_per_class: the grid's rows (classes spread over all of them) and columns.
         inception_weights: local path of torch-fidelity's Inception-v3 weights for IS/FID in
             validation; None disables evaluation.
@@ -59,6 +65,7 @@ class BigGANModule(pl.LightningModule):
         d_attention: Optional[int] = 16,
         layer: str = "BatchNormReLU",
         layer_kwargs: Optional[Dict[str, Any]] = None,
+        output_channels: int = 3,
         g_lr: float = 1e-4,
         d_lr: float = 4e-4,
         betas: Tuple[float, float] = (0.0, 0.999),
@@ -70,6 +77,7 @@ class BigGANModule(pl.LightningModule):
         standing_stats_batches: int = 16,
         standing_stats_batch_size: int = 64,
         truncation: float = 1.0,
+        eval_truncation: Optional[float] = None,
         sample_classes: int = 10,
         sample_per_class: int = 8,
         inception_weights: Optional[str] = None,
@@ -78,9 +86,11 @@ class BigGANModule(pl.LightningModule):
         super().__init__()
         if d_steps < 1 or accumulate < 1:
             raise ValueError(f"d_steps and accumulate must be >= 1, got d_steps={d_steps}, accumulate={accumulate}")
+        if eval_truncation is not None and eval_truncation <= 0:
+            raise ValueError(f"eval_truncation must be positive, or null for untruncated z, got {eval_truncation}")
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.G = Generator(resolution, n_classes, g_ch, depth, dim_z, shared_dim, g_attention, layer, layer_kwargs)
+        self.G = Generator(resolution, n_classes, g_ch, depth, dim_z, shared_dim, g_attention, layer, layer_kwargs, output_channels)
         self.D = Discriminator(resolution, n_classes, d_ch, depth, d_attention)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         self.register_buffer("g_steps", torch.zeros((), dtype=torch.long))
@@ -104,18 +114,20 @@ class BigGANModule(pl.LightningModule):
         return truncated_z(n, self.hparams.dim_z, truncation).to(self.device)
 
     @torch.no_grad()
-    def refresh_ema_stats(self) -> None:
-        """Re-estimate G_ema's running statistics from its own outputs (standing statistics)."""
-        n, t = self.hparams.standing_stats_batch_size, self.hparams.truncation
-        standing_stats(self.G_ema, self.hparams.standing_stats_batches, lambda: self.G_ema(self.random_z(n, t), self.random_labels(n)))
+    def refresh_ema_stats(self, truncation: Optional[float] = None) -> None:
+        """Re-estimate G_ema's running statistics from its own outputs (standing statistics) for latents
+        z ~ N(0, I), or truncated at ``truncation``: the distribution that will be sampled."""
+        n = self.hparams.standing_stats_batch_size
+        standing_stats(self.G_ema, self.hparams.standing_stats_batches,
+                       lambda: self.G_ema(self.random_z(n, truncation), self.random_labels(n)))
 
     @torch.no_grad()
     def sample(self, n: int, y: Optional[Tensor] = None, truncation: Optional[float] = None, z: Optional[Tensor] = None) -> Tensor:
         """``n`` images in [-1, 1] from G_ema in eval mode (its running statistics as they stand; call
-        :meth:`refresh_ema_stats` first after changing G_ema). ``y`` defaults to random classes,
-        ``truncation`` to the configured one, ``z`` to fresh truncated latents."""
+        :meth:`refresh_ema_stats` first after changing G_ema). ``y`` defaults to random classes, ``z`` to
+        fresh latents z ~ N(0, I), or truncated at ``truncation`` when it is given."""
         y = self.random_labels(n) if y is None else y.to(self.device)
-        z = self.random_z(n, self.hparams.truncation if truncation is None else truncation) if z is None else z.to(self.device)
+        z = self.random_z(n, truncation) if z is None else z.to(self.device)
         self.G_ema.eval()
         return self.G_ema(z, y)
 
@@ -180,23 +192,26 @@ class BigGANModule(pl.LightningModule):
     def sample_grid(self) -> Tensor:
         """G_ema's images for the fixed latents and classes (after standing statistics), tiled one class
         per row in [0, 1]; :class:`~evonorm_biggan.callbacks.SampleGrid` writes it during training."""
-        self.refresh_ema_stats()
+        self.refresh_ema_stats(self.hparams.truncation)
         images = self.sample(len(self.fixed_y), self.fixed_y, z=self.fixed_z)
         return make_grid(images, nrow=self.hparams.sample_per_class, normalize=True, value_range=(-1, 1))
 
     def on_validation_epoch_start(self) -> None:
         if self._metrics is not None:
             self._metrics.to(self.device)
-            self.refresh_ema_stats()
+            self.refresh_ema_stats(self.hparams.eval_truncation)
 
     def validation_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
-        """Real images of the batch against as many G_ema samples (random classes, truncated z)."""
+        """Real images of the batch against as many G_ema samples (random classes; z untruncated, or
+        truncated at ``eval_truncation``)."""
         if self._metrics is None:
             return
         x, _ = batch
         self._metrics.update_real(x)
-        self._metrics.update_fake(self.sample(x.shape[0]))
+        self._metrics.update_fake(self.sample(x.shape[0], truncation=self.hparams.eval_truncation))
 
     def on_validation_epoch_end(self) -> None:
         if self._metrics is not None:
-            self.log_dict({f"eval/{k}": v for k, v in self._metrics.compute().items()})
+            t = self.hparams.eval_truncation
+            suffix = "" if t is None else f"_trunc{t:g}"
+            self.log_dict({f"eval/{k}{suffix}": v for k, v in self._metrics.compute().items()})

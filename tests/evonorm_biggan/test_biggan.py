@@ -66,9 +66,21 @@ def _write_cifar(folder: Path, n=16):
 # -- networks -------------------------------------------------------------------------------------
 
 def test_biggan_deep_128_parameter_counts():
-    # BigGAN-deep 128 in Brock et al. 2019: G 50.4M, D 34.6M (counted without a forward: CPU time).
-    assert count_parameters(Generator(128)) == 50_388_609
+    # BigGAN-PyTorch's BigGAN-deep 128 (launch_BigGAN_deep.sh; Brock et al. 2019: G 50.4M, D 34.6M),
+    # counted without a forward (CPU time); test_convert_reference.py loads the reference's weights.
+    assert count_parameters(Generator(128)) == 50_244_484
     assert count_parameters(Discriminator(128)) == 34_590_210
+
+
+def test_output_conv_has_3_channels_or_the_tf_hub_128():
+    narrow = dict(resolution=32, n_classes=4, ch=4, depth=1, dim_z=8, shared_dim=8, attention=None)
+    G3, G128 = Generator(**narrow), Generator(**narrow, output_channels=128)
+    assert (G3.out_conv.bias.shape, G128.out_conv.bias.shape) == ((3,), (128,))
+    assert count_parameters(G128) - count_parameters(G3) == 125 * (16 * 9 + 1)  # 125 more rows of a 3×3 conv from 16
+    with torch.no_grad():
+        assert G128(torch.randn(2, 8), torch.tensor([0, 3])).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="output_channels must be at least 3"):
+        Generator(**narrow, output_channels=2)
 
 
 @pytest.mark.parametrize("resolution, final", [(128, 4), (64, 4), (32, 8)])
@@ -276,24 +288,32 @@ def test_missing_inception_weights_is_a_clear_error(tmp_path):
         BigGANModule(**{**TINY, "inception_weights": str(tmp_path / "missing.pth")})
 
 
-@pytest.mark.slow
-def test_inception_metrics_with_local_weights(tmp_path):
-    """IS/FID plumbing with a randomly initialized Inception saved as a local weights file."""
-    from unittest import mock
+class _RecordingMetrics:
+    """Stands in for InceptionMetrics (tests/evonorm_biggan/test_metrics.py tests the scores)."""
 
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    def to(self, device):
+        return self
 
-    from evonorm_biggan.metrics import InceptionMetrics
+    def update_real(self, images):
+        pass
 
-    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
-            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, strict=True: None):
-        torch.save(fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict(), tmp_path / "w.pth")
-    metrics = InceptionMetrics(tmp_path / "w.pth", is_splits=1)
-    images = torch.rand(4, 3, 32, 32) * 2 - 1
-    metrics.update_real(images)
-    metrics.update_fake(images.flip(0))
-    result = metrics.compute()
-    assert set(result) == {"fid", "is_mean", "is_std"} and torch.isfinite(result["fid"])
+    def update_fake(self, images):
+        pass
+
+    def compute(self):
+        return {"fid": torch.tensor(3.0), "is_mean": torch.tensor(2.0), "is_std": torch.tensor(0.5)}
+
+
+@pytest.mark.parametrize("eval_truncation, suffix", [(None, ""), (0.5, "_trunc0.5")])
+def test_evaluation_samples_untruncated_z_unless_told_and_names_a_truncation(eval_truncation, suffix, tmp_path):
+    module = BigGANModule(**{**TINY, "eval_truncation": eval_truncation})
+    module._metrics = _RecordingMetrics()
+    drawn, random_z = [], module.random_z
+    module.random_z = lambda n, truncation=None: drawn.append(truncation) or random_z(n, truncation)
+    trainer = _trainer(tmp_path, limit_val_batches=1)
+    trainer.validate(module, _loader(n=4))
+    assert drawn and set(drawn) == {eval_truncation}  # standing statistics and samples alike
+    assert {f"eval/{k}{suffix}" for k in ("fid", "is_mean", "is_std")} <= set(trainer.callback_metrics)
 
 
 @pytest.mark.slow
@@ -404,8 +424,10 @@ def test_configs_parse_and_the_pair_differs_only_in_layer():
         bn["trainer"].pop("default_root_dir"), b0["trainer"].pop("default_root_dir")
         assert bn == b0
     model = yaml.safe_load((CONFIGS / "imagenet128_evonorm_b0.yaml").read_text())["model"]
+    # BigGAN-PyTorch's launch_BigGAN_deep.sh: 1 D step of 8 accumulated micro-batches of 256 per G step
     assert (model["g_ch"], model["depth"], model["g_lr"], model["d_lr"], model["betas"]) == (128, 2, 1e-4, 4e-4, [0.0, 0.999])
-    assert yaml.safe_load((CONFIGS / "imagenet128_bn_relu.yaml").read_text())["data"]["init_args"]["batch_size"] == 2 * 8 * 256
+    assert (model["d_steps"], model["accumulate"], model["output_channels"], model["eval_truncation"]) == (1, 8, 3, None)
+    assert yaml.safe_load((CONFIGS / "imagenet128_bn_relu.yaml").read_text())["data"]["init_args"]["batch_size"] == 1 * 8 * 256
 
 
 @pytest.mark.slow
