@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from evonorm_plugins.datasets import read_cifar10_batches
 
+
 class BigGANDataModule(pl.LightningDataModule):
     """Shared loaders; subclasses set ``self.train_set`` in :meth:`setup`."""
 
