@@ -2,12 +2,18 @@
 
 Every node needs this package, its dependencies and, for real data, the dataset at the configured
 ``data_dir`` (the same environment on every node: the usual Ray cluster set-up). A task whose worker
-process dies (``WorkerCrashedError``: a crash, ``kill -9``, an OOM kill, a pre-empted node) is
-resubmitted up to ``max_retries`` times by this executor, not by Ray, so the attempts are counted the
+process dies (``WorkerCrashedError``: a crash, ``kill -9``, an OOM kill, a pre-empted node; Ray's own
+``OutOfMemoryError``; a result lost with its node) is resubmitted up to ``max_retries`` times by this
+executor, not by Ray, so the attempts are counted, and their causes recorded (``Outcome.retries``), the
 same way as with the local backend; a task past ``time_limit`` is force-cancelled, which kills its
 worker, and comes back as a ``timeout`` outcome. The limit counts from submission, so it includes the
 time a task waits for a worker: keep ``in_flight`` at the cluster's capacity (the default) when
-using one.
+using one. Ray starts, replaces and keeps its worker processes itself: a worker that dies idle or
+starting costs nothing here.
+
+The tasks belong to the Ray driver, the controller's process: when it ends or dies (``kill -9``
+included), Ray kills the worker processes running its tasks and forgets the tasks; nothing
+keeps running on the cluster, and ``evonorm-search resume`` submits them again.
 """
 from __future__ import annotations
 
@@ -50,6 +56,9 @@ class RayExecutor:
         if config.devices:
             self.capacity = min(self.capacity, int(ray.cluster_resources().get("GPU", 0)) * config.workers_per_device) or 1
         self.policy = config.policy
+        errors = ray.exceptions  # the ways a task's worker, or its result, can be lost: retried
+        self._deaths = (errors.WorkerCrashedError, errors.NodeDiedError, errors.LocalRayletDiedError,
+                        errors.OutOfMemoryError, errors.ObjectLostError)
         self._running: Dict[Any, Attempt] = {}
 
     def submit(self, key: Key, fn: Task, *args: Any) -> None:
@@ -67,18 +76,18 @@ class RayExecutor:
         for ref in self._ready(timeout):
             task = self._running.pop(ref)
             try:
-                finished.append((task.key, self.ray.get(ref)))
+                finished.append((task.key, task.finished(self.ray.get(ref))))
             except self.ray.exceptions.TaskCancelledError:
                 finished.append((task.key, self.policy.timed_out(task)))
-            except (self.ray.exceptions.WorkerCrashedError, self.ray.exceptions.NodeDiedError,
-                    self.ray.exceptions.LocalRayletDiedError) as error:
+            except self._deaths as error:
                 retry = self.policy.after_death(task, type(error).__name__)
                 if isinstance(retry, Attempt):
                     self._submit(retry)
                 else:
                     finished.append((task.key, retry))
             except self.ray.exceptions.RayTaskError as error:
-                finished.append((task.key, failed("error", f"{type(error.cause).__name__}: {error.cause}", task.started)))
+                cause = error.cause
+                finished.append((task.key, failed("error", f"{type(cause).__name__}: {cause}", task.started, task.retries)))
         for ref, task in self._running.items():
             if self.policy.overdue(task):
                 self.ray.cancel(ref, force=True)  # comes back as TaskCancelledError on a later wait
