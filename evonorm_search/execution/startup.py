@@ -45,8 +45,8 @@ class StartUps:
         live = [failures for slot, failures in self._failures.items() if slot not in self._given_up]
         if not live:
             causes = dict.fromkeys(failures[-1].cause for failures in self._failures.values())
-            return (f"no search worker could start ({'; '.join(causes)}, {self.max_failures} tries each); "
-                    f"{_REMEDY}")
+            return (f"no search worker could start ({'; '.join(causes)}; {self.max_failures} failed starts in a row "
+                    f"each); {_REMEDY}")
         latest = {failures[-1] if failures else None for failures in live}
         if len(latest) == 1 and None not in latest and not next(iter(latest)).killed:
             return f"no search worker could start: {next(iter(latest)).cause}; {_REMEDY}"

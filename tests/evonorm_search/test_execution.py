@@ -98,8 +98,8 @@ def test_a_killed_worker_costs_one_retry(tmp_path, pool):
     pool.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
     pool.submit(2, search_tasks.echo, 7.0)
     results = collect(pool, 2, results=kill_first_attempt(tmp_path, pool))
-    assert results[1].scores == (1.0,)  # the second attempt's result
-    assert results[2].scores == (7.0,)
+    assert results[1].scores == (1.0,) and results[1].retries == ("exit code -9",)  # the second attempt's result
+    assert results[2].scores == (7.0,) and results[2].retries == ()
 
 
 @pytest.mark.slow
@@ -107,7 +107,7 @@ def test_a_worker_killed_without_retries_is_an_error_and_its_replacement_serves_
     strict_pool.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
     outcome = collect(strict_pool, 1, results=kill_first_attempt(tmp_path, strict_pool))[1]
     assert outcome.scores is None and outcome.protocol == "error"
-    assert "worker died (exit code -9) on each of 1 attempts" in outcome.reason
+    assert "worker died (exit code -9) on each of 1 attempts" in outcome.reason and outcome.retries == ()
     strict_pool.submit(2, search_tasks.echo, 1.0)
     strict_pool.submit(3, search_tasks.echo, 2.0)
     assert [o.scores for o in collect(strict_pool, 2).values()] in ([(1.0,), (2.0,)], [(2.0,), (1.0,)])
@@ -157,7 +157,9 @@ def test_ray_keeps_its_workers_busy_and_loses_nothing(tmp_path, ray_cluster):
 def test_a_killed_ray_worker_costs_one_retry(tmp_path, ray_cluster):
     executor = ray_executor(max_retries=1)
     executor.submit(1, search_tasks.hang_on_first_attempt, str(tmp_path))
-    assert collect(executor, 1, results=kill_first_attempt(tmp_path, executor))[1].scores == (1.0,)
+    outcome = collect(executor, 1, results=kill_first_attempt(tmp_path, executor))[1]
+    assert outcome.scores == (1.0,)
+    assert len(outcome.retries) == 1 and re.fullmatch(r"(WorkerCrashed|NodeDied|LocalRayletDied)Error", outcome.retries[0])
 
 
 @pytest.mark.slow
@@ -167,6 +169,7 @@ def test_a_ray_worker_killed_without_retries_and_a_raising_task_are_errors(tmp_p
     outcome = collect(executor, 1, results=kill_first_attempt(tmp_path, executor))[1]
     assert outcome.protocol == "error"  # the same wording as the local backend, with Ray's cause
     assert re.search(r"worker died \((WorkerCrashed|NodeDied|LocalRayletDied)Error\) on each of 1 attempts", outcome.reason)
+    assert outcome.retries == ()
     executor.submit(2, search_tasks.raise_error, "boom")
     assert collect(executor, 1)[2].reason == "RuntimeError: boom"
 
@@ -177,3 +180,14 @@ def test_a_hung_ray_task_times_out(ray_cluster):
     executor.submit(1, search_tasks.hang, 300.0)
     outcome = collect(executor, 1)[1]
     assert outcome.protocol == "timeout" and "time limit of 5 s" in outcome.reason
+
+
+@pytest.mark.slow
+def test_ray_outcomes_carry_the_causes_of_the_retries_before_them(tmp_path, ray_cluster):
+    executor = ray_executor(max_retries=2, time_limit=20.0)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    executor.submit(1, search_tasks.die_first, str(tmp_path / "a"), 1)  # its worker SIGKILLs itself once
+    executor.submit(2, search_tasks.die_first, str(tmp_path / "b"), 1, 300.0)  # then hangs
+    results = collect(executor, 2)
+    assert results[1].scores == (1.0,) and results[1].retries == ("WorkerCrashedError",)
+    assert results[2].protocol == "timeout" and results[2].retries == ("WorkerCrashedError",)
