@@ -7,11 +7,22 @@ an :class:`~evonorm_search.evaluator.Outcome` out).
 * :class:`RayExecutor` (:mod:`.ray_backend`): Ray core tasks, on a local instance or a cluster.
 
 The contract every backend keeps, written once in :class:`.policy.RetryPolicy`: a task's outcome comes
-back exactly once. A worker that dies (crash, ``kill -9``, pre-emption) costs only its task, which is
-retried up to ``max_retries`` times and then comes back as an ``error`` outcome naming the cause; a
-task running past ``time_limit`` seconds is stopped (its worker killed and replaced) and comes back as
-a ``timeout`` outcome. Nothing a task does stops the run. A new backend implements :class:`Executor`
-with the policy and registers itself in :func:`create_executor`.
+back exactly once. A worker may die (crash, ``kill -9``, the OOM killer, pre-emption) or hang at any
+moment, and costs at most its task, never the run:
+
+* dying while starting or idle costs nothing (it is started again / replaced);
+* dying while evaluating or sending its result back costs the attempt, which is retried up to
+  ``max_retries`` times and then comes back as an ``error`` outcome naming the cause;
+* a task running past ``time_limit`` seconds is stopped (its worker killed and replaced) and comes back
+  as a ``timeout`` outcome.
+
+Whatever comes back (a result, a rejection, a timeout, the final error) carries in ``Outcome.retries``
+the cause of each earlier attempt that produced nothing (:meth:`.policy.Attempt.finished`); the inline
+backend never retries. Nothing a task does stops the run; only local workers that all fail to start
+with the same cause do (:mod:`.startup`), with that cause in one line. Workers of a controller that
+died exit on their own, quietly (:mod:`evonorm_search.worker_process`; Ray's workers: the driver owns
+their tasks, :mod:`.ray_backend`). A new backend implements :class:`Executor` with the policy and
+registers itself in :func:`create_executor`.
 """
 from __future__ import annotations
 
