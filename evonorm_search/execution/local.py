@@ -19,6 +19,7 @@ from collections import deque
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
 
+from ..errors import SearchError
 from ..evaluator import Outcome
 from ..worker_process import READY
 from ..worker_process import main as worker_main
@@ -196,4 +197,4 @@ class ProcessExecutor:
         verdict = self._start_ups.verdict()
         if verdict is not None:
             self.shutdown()
-            raise RuntimeError(verdict)
+            raise SearchError(verdict)

@@ -18,6 +18,7 @@ import pytest
 
 from evonorm_search.config import SearchConfig
 from evonorm_search.controller import Controller
+from evonorm_search.errors import SearchError
 from evonorm_search.execution import ExecutorConfig, InlineExecutor, ProcessExecutor
 from evonorm_search.space import SearchSpace
 
@@ -94,7 +95,7 @@ def broken_torch(tmp_path, monkeypatch):
 
 def run_until_error(executor, timeout=60.0) -> str:
     deadline = time.time() + timeout
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(SearchError) as error:
         executor.submit(1, search_tasks.echo, 1.0)
         while time.time() < deadline:
             executor.wait(timeout=0.5)
@@ -199,10 +200,13 @@ def test_a_search_whose_workers_keep_dying_finishes_as_the_in_process_one(tmp_pa
     def rows(store):
         return [(c.id, c.hash, c.status, c.protocol, c.scores, c.parent) for c in store.finished()]
 
-    killed = Controller(tmp_path / "pool.sqlite", config, deadly, executor=pool, in_flight=1).run()  # one at a time: the same order
-    calm = Controller(tmp_path / "inline.sqlite", config, search_tasks.fake_evaluate, executor=InlineExecutor()).run()
-    assert list((tmp_path / "markers").iterdir()), "no worker died: the test tests nothing"
+    killed = Controller(tmp_path / "pool.sqlite", config, deadly).run(pool, in_flight=1)  # one at a time: the same order
+    calm = Controller(tmp_path / "inline.sqlite", config, search_tasks.fake_evaluate).run(InlineExecutor())
+    deaths = {marker.name for marker in (tmp_path / "markers").iterdir()}
+    assert deaths, "no worker died: the test tests nothing"
     assert rows(killed) == rows(calm)
+    retried = {c.hash: c.retries for c in killed.finished() if c.retries}  # the store keeps each retry's cause
+    assert set(retried) == deaths and set(retried.values()) == {(KILLED,)}
 
 
 # --------------------------------------------------------------------------------------- orphans
