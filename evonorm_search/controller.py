@@ -204,9 +204,11 @@ class Controller:
         count = count + 1 if reason == outcome.reason else 1
         self._error_streak = (outcome.reason, count)
         if count >= SYSTEMATIC_ERRORS:
+            hint = ("; workers killed on every candidate are often out of memory: fewer --workers or a smaller proxy"
+                    if outcome.reason.startswith("worker died") else "")
             raise SearchError(
                 f"{count} candidates in a row failed with the same error, so the run itself is broken: "
-                f"{outcome.reason}. Fix it (the config, the data, the environment), then `evonorm-search resume`"
+                f"{outcome.reason}{hint}. Fix it (the config, the data, the environment), then `evonorm-search resume`"
             )
 
     # ----------------------------------------------------------------------------------------- run
