@@ -155,6 +155,25 @@ def _group_of_one_is_unsynchronized(rank: int) -> Optional[str]:
     return None
 
 
+def _saves_only_the_input(rank: int) -> Optional[str]:
+    """The lean synchronized kernels keep the input and small statistics for backward (1.0×)."""
+    for name in B_LAYERS:
+        layer = convert_sync_evonorm(B_LAYERS[name](64))
+        x = torch.randn(4 + rank, 64, 16, 16, requires_grad=True)
+        storages = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer(x)
+        ratio = sum(storages.values()) / (x.numel() * x.element_size())
+        if not 1.0 <= ratio <= 1.02:
+            return f"{name} saves {ratio:.2f}x its input"
+    return None
+
+
 def _compiled_kernels(rank: int) -> Optional[str]:
     """The default "compiled" mode traces the synchronized kernels (dynamo, here without Inductor's
     code generation) and does not fall back to the eager ones."""
@@ -201,6 +220,7 @@ def sync_checks(rank: int, world_size: int) -> Dict[str, Optional[str]]:
     with F.kernel_mode("eager"):
         results["convert_sync_evonorm leaves the others alone"] = _convert_leaves_others_alone(rank)
         results["a group of one"] = _group_of_one_is_unsynchronized(rank)
+        results["memory"] = _saves_only_the_input(rank)
         results["torch.compile of a model"] = _compiled_model_runs_the_synchronized_layer(rank)
     return results
 
@@ -216,7 +236,7 @@ def _keys() -> List[str]:
         keys += [f"{n} apply_act={a} {m} {split}" for m in ("eager", "reference") for n in B_LAYERS for a in (True, False)]
         keys += [f"B0 float32 {split}", f"B0 double backward {split}", f"B0 genome {split}", f"mixed genome {split}",
                  f"BatchNormReLU {split}"]
-    return keys + ["B0 compiled kernels", "convert_sync_evonorm leaves the others alone", "a group of one",
+    return keys + ["B0 compiled kernels", "convert_sync_evonorm leaves the others alone", "a group of one", "memory",
                    "torch.compile of a model"]
 
 
