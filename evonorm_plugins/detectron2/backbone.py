@@ -10,10 +10,21 @@ from detectron2.config import CfgNode
 from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
-from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
+from detectron2.modeling.backbone.resnet import (
+    BasicBlock,
+    BasicStem,
+    BottleneckBlock,
+    ResNet,
+)
 from torch import Tensor
 
-from .norm import EvoNormFactory, NormSpec, evonorm_factory, is_norm_layer, registry_factory
+from .norm import (
+    EvoNormFactory,
+    NormSpec,
+    evonorm_factory,
+    is_norm_layer,
+    registry_factory,
+)
 
 
 class _FrozenNormsStayInEval(CNNBlockBase):

@@ -32,7 +32,12 @@ from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, Bottlenec
 from torch import nn
 
 from ..registry import REGISTRY
-from .backbone import EvoNormBasicBlock, EvoNormBasicStem, EvoNormBottleneckBlock, _FrozenNormsStayInEval
+from .backbone import (
+    EvoNormBasicBlock,
+    EvoNormBasicStem,
+    EvoNormBottleneckBlock,
+    _FrozenNormsStayInEval,
+)
 from .norm import is_norm_layer, rebind
 
 # stock class -> (the class with the paper's forward, the convs whose norm no ReLU follows)
