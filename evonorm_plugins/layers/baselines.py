@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..kernels.batchnorm_sync import batch_norm_statistics, synchronized_batch_norm
 from ..kernels.common import compute_dtype
-from ..kernels.distributed import synchronized_moments, synchronizes
+from ..kernels.distributed import synchronizes
 from .base import check_host_kwargs, num_groups_for
 
 
@@ -30,8 +31,9 @@ class BatchNormAct(nn.BatchNorm2d):
     process in ``process_group``, mean and variance are those of the group's concatenated batch and the
     running statistics are updated with them (the variance unbiased by the global count), as
     ``nn.SyncBatchNorm`` computes, while the activation stays (``nn.SyncBatchNorm.convert_sync_batchnorm``
-    would replace the whole module by a bare ``SyncBatchNorm``). It runs in differentiable ops and
-    collectives, outside ``torch.compile``.
+    would replace the whole module by a bare ``SyncBatchNorm``). It runs on any device (``nn.SyncBatchNorm``
+    needs a GPU), with the same two collectives, outside ``torch.compile``
+    (:mod:`evonorm_plugins.kernels.batchnorm_sync`).
     """
 
     act_layer: type = nn.ReLU
@@ -73,17 +75,12 @@ class BatchNormAct(nn.BatchNorm2d):
     def _synchronized_batch_norm(self, x: Tensor) -> Tensor:
         c = x.shape[1]
         x3 = x.to(compute_dtype(x)).flatten(2)
-        mean, var, count = synchronized_moments(x3, self.process_group)
+        mean, var, count = batch_norm_statistics(x3, self.process_group)
         if self.running_mean is not None and self.running_var is not None and count > 1:
             with torch.no_grad():
                 self.running_mean.lerp_(mean.view(c).to(self.running_mean.dtype), self.momentum)
                 self.running_var.lerp_((var.view(c) * (count / (count - 1))).to(self.running_var.dtype), self.momentum)
-        y = (x3 - mean) * torch.rsqrt(var + self.eps)
-        shape = [1, c, 1]
-        if self.weight is not None:
-            y = y * self.weight.to(y.dtype).view(shape)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype).view(shape)
+        y = synchronized_batch_norm(x3, self.weight, self.bias, mean, var, count, self.eps, self.process_group)
         return y.reshape(x.shape).to(x.dtype)
 
     def extra_repr(self) -> str:

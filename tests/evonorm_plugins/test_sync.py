@@ -216,6 +216,8 @@ def sync_checks(rank: int, world_size: int) -> Dict[str, Optional[str]]:
             for genome_name, genome in (("B0 genome", paper_genome("EvoNormB0")), ("mixed genome", MIXED_GENOME)):
                 results[f"{genome_name} {split}"] = _compare_with_concatenated(_graph_layer(genome), sizes, rank)
             results[f"BatchNormReLU {split}"] = _compare_with_concatenated(_batchnorm_relu, sizes, rank, convert=_sync_all)
+            results[f"BatchNormReLU double backward {split}"] = _compare_with_concatenated(
+                _batchnorm_relu, sizes, rank, convert=_sync_all, create_graph=True)
     results["B0 compiled kernels"] = _compiled_kernels(rank)
     with F.kernel_mode("eager"):
         results["convert_sync_evonorm leaves the others alone"] = _convert_leaves_others_alone(rank)
@@ -235,7 +237,7 @@ def _keys() -> List[str]:
     for split in SPLITS:
         keys += [f"{n} apply_act={a} {m} {split}" for m in ("eager", "reference") for n in B_LAYERS for a in (True, False)]
         keys += [f"B0 float32 {split}", f"B0 double backward {split}", f"B0 genome {split}", f"mixed genome {split}",
-                 f"BatchNormReLU {split}"]
+                 f"BatchNormReLU {split}", f"BatchNormReLU double backward {split}"]
     return keys + ["B0 compiled kernels", "convert_sync_evonorm leaves the others alone", "a group of one", "memory",
                    "torch.compile of a model"]
 
