@@ -73,6 +73,24 @@ def time_in_group(modules: Dict[str, nn.Module], x: torch.Tensor, repeats: int, 
     return dict(zip(modules, medians.tolist()))
 
 
+def collective_ms(channels: int, device: torch.device, repeats: int) -> float:
+    """The slowest process's median milliseconds of the synchronized B-series' two collectives alone
+    (an all-gather of 2C+1 values, an all-reduce of C), for comparison with the layers' extra time."""
+    local = torch.randn(2 * channels + 1, device=device)
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    left = torch.randn(channels, device=device)
+    samples = []
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_gather(parts, local)
+        dist.all_reduce(left)
+        samples.append(time.perf_counter() - start)
+    median = torch.tensor([statistics.median(samples)], dtype=torch.float64)
+    dist.all_reduce(median, dist.ReduceOp.MAX)
+    return median.item() * 1e3
+
+
 def rows_for(shape: tuple, seconds: Dict[str, float]) -> List[dict]:
     reference = "SyncBatchNorm+ReLU" if "SyncBatchNorm+ReLU" in seconds else "BatchNormReLU sync_stats"
     rows = []
@@ -96,14 +114,17 @@ def worker(rank: int, world_size: int, args: argparse.Namespace, folder: str) ->
     device = torch.device(args.device, torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
     dist.init_process_group(args.backend, init_method=f"file://{folder}/store", rank=rank, world_size=world_size)
     torch.manual_seed(rank)  # each process its own batch
-    rows = []
+    rows, collectives = [], {}
     for shape in args.shapes:
         x = (torch.randn(shape, device=device) * 2 + 0.5).requires_grad_()
         modules = candidates(shape[1], args.layers, args.modes, device)
         rows += rows_for(shape, time_in_group(modules, x, args.repeats, args.warmup))
+        collectives[shape[1]] = collective_ms(shape[1], device, args.repeats)
     if rank == 0:
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU thread(s) each"
         print(f"torch {torch.__version__}, {world_size} processes ({args.backend}), {where}; shapes are per process")
+        for channels, ms in collectives.items():
+            print(f"the two collectives alone (C={channels}): {ms:.2f} ms")
         print(format_table(rows, COLUMNS))
         write_csv(rows, args.csv, COLUMNS)
         print(f"wrote {args.csv}")

@@ -185,7 +185,8 @@ def _compiled_kernels(rank: int) -> Optional[str]:
 
 
 def _compiled_model_runs_the_synchronized_layer(rank: int) -> Optional[str]:
-    """Under torch.compile of a model the synchronized forward is a graph break that still synchronizes."""
+    """Under torch.compile of a model the synchronized forward is a graph break that still synchronizes
+    (and which fullgraph=True refuses)."""
     sizes = (3, 1)
     x, dy = _inputs(sizes, torch.float32, seed=3)
     single = _b_layer("B0", True)()
@@ -196,7 +197,12 @@ def _compiled_model_runs_the_synchronized_layer(rank: int) -> Optional[str]:
         torch.testing.assert_close(y, single(x)[part], **TOLERANCE[torch.float32])
     except AssertionError as error:
         return str(error).splitlines()[0]
-    return None
+    torch._dynamo.reset()
+    try:
+        torch.compile(convert_sync_evonorm(copy.deepcopy(single)), fullgraph=True, backend="eager")(x[part])
+    except Exception as error:  # the graph break is refused, on every process alike
+        return None if "disable" in str(error) else f"fullgraph=True failed otherwise: {str(error).splitlines()[0]}"
+    return "fullgraph=True compiled a synchronized layer"
 
 
 def sync_checks(rank: int, world_size: int) -> Dict[str, Optional[str]]:
