@@ -33,7 +33,8 @@ MIXED_GENOME = genome_from_ops([
     ("mean_batch", [0]), ("sigmoid", [4]), ("mul", [0, 5]), ("square", [0]), ("var_batch", [7]),
     ("mean_sq_batch", [0]), ("add", [8, 9]), ("sqrt", [10]), ("div", [6, 11]),
 ])
-TOLERANCE = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=2e-5, atol=2e-5)}
+TOLERANCE = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=2e-5, atol=2e-5),
+             torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
 
 
 def _b_layer(name: str, apply_act: bool) -> Callable[[], nn.Module]:
@@ -72,9 +73,12 @@ def _inputs(sizes: Tuple[int, ...], dtype: torch.dtype, seed: int) -> Tuple[torc
     return x, dy
 
 
-def _forward_backward(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor, create_graph: bool = False):
-    x = x.clone().requires_grad_()
+def _forward_backward(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor, create_graph: bool = False,
+                      channels_last: bool = False):
+    x = x.clone(memory_format=torch.channels_last if channels_last else torch.preserve_format).requires_grad_()
     y = layer(x)
+    if channels_last and not (y.is_contiguous(memory_format=torch.channels_last) or y.numel() == 0):
+        raise AssertionError("a channels_last input gave an output in another memory format")
     params = [p for _, p in sorted(layer.named_parameters())]
     grads = torch.autograd.grad(y, [x, *params], dy, create_graph=create_graph)
     buffers = {name: b.clone() for name, b in layer.named_buffers()}
@@ -84,15 +88,19 @@ def _forward_backward(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor, creat
 def _compare_with_concatenated(
     build: Callable[[], nn.Module], sizes: Tuple[int, ...], rank: int, dtype: torch.dtype = torch.float64,
     convert: Callable[[nn.Module], nn.Module] = convert_sync_evonorm, create_graph: bool = False, seed: int = 0,
+    channels_last: bool = False,
 ) -> Optional[str]:
     """None when this process's part of a synchronized layer's work equals one process's on the whole
     batch (summed parameter gradients against the whole batch's), else what differs."""
     x, dy = _inputs(sizes, dtype, seed)
-    single = build().to(dtype).train()
+    single = build().to(torch.float32 if dtype == torch.bfloat16 else dtype).train()  # bfloat16: activations only
     synced = convert(copy.deepcopy(single))
     y_all, grads_all, buffers_all = _forward_backward(single, x, dy)
     part = _part(sizes, rank)
-    y, grads, buffers = _forward_backward(synced, x[part], dy[part], create_graph)
+    try:
+        y, grads, buffers = _forward_backward(synced, x[part], dy[part], create_graph, channels_last)
+    except AssertionError as error:
+        return str(error)
     for g in grads[1:]:  # parameter gradients: DDP would average these; their sum is the whole batch's
         dist.all_reduce(g)
     checks = [("output", y, y_all[part]), ("input gradient", grads[0], grads_all[0][part])]
@@ -218,6 +226,8 @@ def sync_checks(rank: int, world_size: int) -> Dict[str, Optional[str]]:
                         results[key] = _compare_with_concatenated(_b_layer(name, apply_act), sizes, rank)
         with F.kernel_mode("eager"):
             results[f"B0 float32 {split}"] = _compare_with_concatenated(_b_layer("B0", True), sizes, rank, torch.float32)
+            results[f"B0 bfloat16 input {split}"] = _compare_with_concatenated(_b_layer("B0", True), sizes, rank, torch.bfloat16)
+            results[f"B1 channels_last {split}"] = _compare_with_concatenated(_b_layer("B1", True), sizes, rank, channels_last=True)
             results[f"B0 double backward {split}"] = _compare_with_concatenated(_b_layer("B0", True), sizes, rank, create_graph=True)
             for genome_name, genome in (("B0 genome", paper_genome("EvoNormB0")), ("mixed genome", MIXED_GENOME)):
                 results[f"{genome_name} {split}"] = _compare_with_concatenated(_graph_layer(genome), sizes, rank)
@@ -242,7 +252,8 @@ def _keys() -> List[str]:
     keys = []
     for split in SPLITS:
         keys += [f"{n} apply_act={a} {m} {split}" for m in ("eager", "reference") for n in B_LAYERS for a in (True, False)]
-        keys += [f"B0 float32 {split}", f"B0 double backward {split}", f"B0 genome {split}", f"mixed genome {split}",
+        keys += [f"B0 float32 {split}", f"B0 bfloat16 input {split}", f"B1 channels_last {split}",
+                 f"B0 double backward {split}", f"B0 genome {split}", f"mixed genome {split}",
                  f"BatchNormReLU {split}", f"BatchNormReLU double backward {split}"]
     return keys + ["B0 compiled kernels", "convert_sync_evonorm leaves the others alone", "a group of one", "memory",
                    "torch.compile of a model"]
