@@ -13,6 +13,7 @@ differentiable collectives (:func:`synchronized_batch_norm_reference`, the speci
 from typing import Any, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .common import differentiable_backward
@@ -57,7 +58,9 @@ class SyncBatchNormFunction(torch.autograd.Function):
         invstd = torch.rsqrt(var + eps)
         ctx.save_for_backward(x3, weight, bias, mean, invstd)
         ctx.config = (count, eps, process_group)
-        return _affine((x3 - mean) * invstd, weight, bias)
+        # BatchNorm's inference kernel with the group's statistics: one fused pass over x.
+        weight_, bias_ = (None if t is None else t.to(x3.dtype) for t in (weight, bias))
+        return F.batch_norm(x3, mean.view(-1), var.view(-1), weight_, bias_, False, 0.0, eps)
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
@@ -71,7 +74,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
             )
             return (*grads, *unused)
         c = x3.shape[1]
-        x_hat = (x3 - mean) * invstd
+        x_hat = torch.addcmul(-mean * invstd, x3, invstd)
         sums = torch.cat([dy.sum(dim=[0, 2]), (dy * x_hat).sum(dim=[0, 2])])
         d_weight = sums[c:].clone() if weight is not None and ctx.needs_input_grad[1] else None
         d_bias = sums[:c].clone() if bias is not None and ctx.needs_input_grad[2] else None
