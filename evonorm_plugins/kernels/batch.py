@@ -34,16 +34,24 @@ from .common import (
 )
 
 
-def forward_statistics(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-channel batch mean and variance (1, 1, C, 1), and per instance (N, 1, C, 1) the mean and
-    ``si`` = √(s²_L + ε) (B0) or mean 0 and ``ri`` = √(μ_L(x²) + ε) (B1, B2), from one moments pass:
-    the batch variance is the mean instance variance plus the variance of the instance means."""
+def channel_moments(x4: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-channel batch mean and biased variance (1, 1, C, 1) and per-instance mean and variance
+    (N, 1, C, 1) of the (N, 1, C, L) view, from one moments pass: the batch variance is the mean
+    instance variance plus the variance of the instance means (torch.var over (N, L) is several times
+    slower on CPU)."""
     n, _, c, length = x4.shape
     inst_mean, inst_var = group_moments(x4.reshape(n, c, 1, length))
     inst_mean, inst_var = inst_mean.view(n, 1, c, 1), inst_var.view(n, 1, c, 1)
     batch_mean = inst_mean.mean(dim=0, keepdim=True)
     spread = inst_mean - batch_mean
     batch_var = inst_var.mean(dim=0, keepdim=True) + (spread * spread).mean(dim=0, keepdim=True)
+    return batch_mean, batch_var, inst_mean, inst_var
+
+
+def forward_statistics(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-channel batch mean and variance (1, 1, C, 1), and per instance (N, 1, C, 1) the mean and
+    ``si`` = √(s²_L + ε) (B0) or mean 0 and ``ri`` = √(μ_L(x²) + ε) (B1, B2)."""
+    batch_mean, batch_var, inst_mean, inst_var = channel_moments(x4)
     if variant == 0:
         return batch_mean, batch_var, inst_mean, torch.sqrt(inst_var + eps)
     return batch_mean, batch_var, torch.zeros_like(inst_mean), torch.sqrt(inst_var + inst_mean * inst_mean + eps)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .batch import channel_moments
 from .common import differentiable_backward
 from .distributed import all_reduce_, gather_moments, synchronized_moments
 
@@ -25,7 +26,7 @@ def batch_norm_statistics(x3: Tensor, process_group: Optional[Any]) -> Tuple[Ten
     c = x3.shape[1]
     with torch.no_grad():
         if x3.numel() > 0:
-            var, mean = torch.var_mean(x3, dim=[0, 2], keepdim=True, correction=0)
+            mean, var = (t.view(1, c, 1) for t in channel_moments(x3.unsqueeze(1))[:2])
         else:
             mean = var = x3.new_zeros(1, c, 1)
         return gather_moments(mean, var, x3.numel() // c, process_group)
@@ -81,7 +82,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
         all_reduce_(sums, process_group)
         mean_dy, mean_dy_x_hat = (sums / max(count, 1)).view(2, 1, c, 1).unbind(0)
         scale = invstd if weight is None else invstd * weight.to(invstd.dtype).view(1, c, 1)
-        dx = (dy - mean_dy - x_hat * mean_dy_x_hat) * scale
+        # In place on x̂: on CPU each fresh full-size tensor costs page faults.
+        dx = x_hat.mul_(-mean_dy_x_hat * scale).addcmul_(dy, scale).sub_(mean_dy * scale)
         return (dx, d_weight, d_bias, *unused)
 
 
