@@ -30,7 +30,13 @@ from typing import Any, Dict, List, MutableMapping, MutableSet, Set, Tuple, Type
 
 from torch import nn
 
-from .registry import UnknownLayerError, add_registration_listener, did_you_mean, get_layer_class, list_layers
+from .registry import (
+    UnknownLayerError,
+    add_registration_listener,
+    did_you_mean,
+    get_layer_class,
+    list_layers,
+)
 
 try:
     import timm

@@ -59,7 +59,14 @@ from .backbone import (
     build_evonorm_resnet_fpn_backbone,
     fpn_norm,
 )
-from .norm import REBOUND_MODULES, EvoNormFactory, NormSpec, evonorm_factory, get_norm, is_norm_layer
+from .norm import (
+    REBOUND_MODULES,
+    EvoNormFactory,
+    NormSpec,
+    evonorm_factory,
+    get_norm,
+    is_norm_layer,
+)
 from .placement import REBOUND_BUILD_MODEL, build_model, place_evonorms
 from .roi_heads import EvoNormFastRCNNConvFCHead, EvoNormMaskRCNNConvUpsampleHead
 from .solver import build_evonorm_optimizer, get_evonorm_optimizer_params

@@ -5,7 +5,11 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping, reduce_param_groups
+from detectron2.solver.build import (
+    get_default_optimizer_params,
+    maybe_add_gradient_clipping,
+    reduce_param_groups,
+)
 from torch import nn
 
 from .norm import is_norm_layer

@@ -9,7 +9,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, 
 import torch
 from torch import Tensor
 
-
 MODES = ("compiled", "eager", "reference")
 DEFAULT_MODE = "compiled"
 ENVIRONMENT_VARIABLE = "EVONORM_KERNEL_MODE"

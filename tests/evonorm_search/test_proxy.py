@@ -11,9 +11,9 @@ pytest.importorskip("pytorch_lightning")
 pytest.importorskip("timm")
 
 import evonorm_plugins as ep  # noqa: E402
+from evonorm_plugins.datasets import read_cifar10_batches  # noqa: E402
 from evonorm_plugins.graph import GraphNormAct  # noqa: E402
 from evonorm_plugins.registry import make_layer_class, paper_genome  # noqa: E402
-from evonorm_plugins.datasets import read_cifar10_batches  # noqa: E402
 from evonorm_search.proxy import (  # noqa: E402
     ArchitectureConfig,
     CIFAR10DataModule,

@@ -6,8 +6,8 @@ import torch
 
 from evonorm_plugins.graph import PRIMITIVES, GraphNormAct
 from evonorm_plugins.registry import paper_genome
-from evonorm_search.space import PAPER_MAX_NODES, SearchSpace, mutate, random_genome
 from evonorm_search.selection import dominates, pareto_front
+from evonorm_search.space import PAPER_MAX_NODES, SearchSpace, mutate, random_genome
 
 
 @pytest.mark.parametrize("batch_dependent", [True, False])
