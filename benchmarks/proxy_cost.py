@@ -17,7 +17,11 @@ import time
 import torch
 
 from evonorm_plugins.registry import get_layer_class
-from evonorm_search.proxy import ArchitectureConfig, CIFAR10DataModule, train_and_validate
+from evonorm_search.proxy import (
+    ArchitectureConfig,
+    CIFAR10DataModule,
+    train_and_validate,
+)
 
 
 def main() -> None:

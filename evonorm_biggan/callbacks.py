@@ -13,7 +13,8 @@ class SampleGrid(pl.Callback):
     """Writes G_ema's fixed-latent grid (one class per row, :meth:`BigGANModule.sample_grid`) every
     ``every_n_steps`` G steps, and once before training starts from scratch, as
     ``<log dir>/samples/step_<G step>.png``; also to the logger when it takes images (TensorBoard).
-    ``every_n_steps=0`` writes none."""
+    ``every_n_steps=0`` writes none. In a multi-process fit every process computes the grid (standing
+    statistics may synchronize across them) and the first one writes it."""
 
     def __init__(self, every_n_steps: int = 1000) -> None:
         if every_n_steps < 0:
@@ -33,6 +34,8 @@ class SampleGrid(pl.Callback):
         grid = module.sample_grid()
         step = int(module.g_steps)
         path = Path(trainer.log_dir or trainer.default_root_dir) / "samples" / f"step_{step:07d}.png"
+        if not trainer.is_global_zero:
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, path)
         experiment = getattr(trainer.logger, "experiment", None)

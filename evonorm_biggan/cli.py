@@ -8,6 +8,9 @@ the data modules (picked in the config by ``data.class_path``).
   version, so ``--ckpt_path last`` resumes the latest checkpoint of that run.
 * Resuming (``--ckpt_path last`` or a path), the checkpoint's model settings replace the configured
   ones, since its weights have their shapes; a setting given differently is named in one warning.
+* ``--trainer.sync_batchnorm true`` synchronizes every layer with batch statistics through
+  :class:`~evonorm_biggan.distributed.SyncBatchStatistics`, which keeps BatchNormReLU's ReLU and
+  covers the EvoNorm B-series too (Lightning's own conversion would do neither).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from evonorm_plugins.user_errors import run_reporting_user_errors
 
 from .callbacks import SampleGrid
 from .data import BigGANDataModule
+from .distributed import SyncBatchStatistics
 from .module import BigGANModule
 
 LINKED = {"resolution": "resolution", "num_classes": "n_classes"}  # data module attribute -> model setting
@@ -43,6 +47,14 @@ class BigGANCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
         for source, target in LINKED.items():
             parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The trainer, with :class:`SyncBatchStatistics` as its layer sync when ``sync_batchnorm`` is on."""
+        trainer_config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        if trainer_config.get("sync_batchnorm"):
+            plugins = trainer_config.get("plugins") or []
+            kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), SyncBatchStatistics()]
+        return super().instantiate_trainer(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
         """Resolve ``last`` to this run's last checkpoint, then take the checkpoint's model settings

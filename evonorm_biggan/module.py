@@ -11,17 +11,28 @@ its running statistics are re-estimated ("standing statistics", see :mod:`.ema`)
 distribution about to be sampled, before sample grids and evaluation. Sampling uses ``G_ema`` in eval
 mode: sample grids with truncated z (``truncation``), IS/FID with untruncated z ~ N(0, I) as the
 reference's training-time scores, or truncated at ``eval_truncation`` (then named in the log keys).
+
+Many processes (Lightning's ``ddp`` strategy): each backward reaches only what its step trains — a D
+step does not run G with gradients, a G step runs D with its parameters frozen — so one DDP wrapper
+over G and D would wait for the gradients the other half never gets ("parameters that were not used in
+producing the loss"). Lightning's wrapper therefore covers G only (D's parameters and buffers are in
+DDP's ignore list) and D gets a DDP wrapper of its own for its step. Every process draws its own z and
+labels from a generator seeded by its rank, so the fake batches (and the fakes behind IS/FID) differ
+across processes; the fixed grid latents are the same everywhere.
 """
 from __future__ import annotations
 
 import copy
+from itertools import chain
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import make_grid
 
+from .distributed import check_activations_kept
 from .ema import ema_update, standing_stats
 from .losses import hinge_d, hinge_g
 from .metrics import InceptionMetrics
@@ -50,6 +61,10 @@ class BigGANModule(pl.LightningModule):
         inception_weights: local path of torch-fidelity's Inception-v3 weights for IS/FID in
             validation; None disables evaluation.
         seed: seed of the fixed grid latents.
+        sync_stats: synchronize the batch statistics of G's layers (EvoNorm B-series, batch-dependent
+            genomes, BatchNormReLU) across the training processes (``sync_stats=True`` in the layers of G
+            and G_ema; no effect in one process). ``--trainer.sync_batchnorm true`` does the same for
+            the duration of a fit.
     """
 
     def __init__(
@@ -82,6 +97,7 @@ class BigGANModule(pl.LightningModule):
         sample_per_class: int = 8,
         inception_weights: Optional[str] = None,
         seed: int = 0,
+        sync_stats: bool = False,
     ) -> None:
         super().__init__()
         if d_steps < 1 or accumulate < 1:
@@ -90,9 +106,14 @@ class BigGANModule(pl.LightningModule):
             raise ValueError(f"eval_truncation must be positive, or null for untruncated z, got {eval_truncation}")
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.G = Generator(resolution, n_classes, g_ch, depth, dim_z, shared_dim, g_attention, layer, layer_kwargs, output_channels)
+        g_layer_kwargs = {**(layer_kwargs or {}), **({"sync_stats": True} if sync_stats else {})}
+        self.G = Generator(resolution, n_classes, g_ch, depth, dim_z, shared_dim, g_attention, layer, g_layer_kwargs, output_channels)
         self.D = Discriminator(resolution, n_classes, d_ch, depth, d_attention)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
+        # Lightning's DDP wrapper leaves D to D's own (see the module docstring).
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, [f"D.{name}" for name, _ in chain(self.D.named_parameters(), self.D.named_buffers())]
+        )
         self.register_buffer("g_steps", torch.zeros((), dtype=torch.long))
         generator = torch.Generator().manual_seed(seed)
         classes = torch.linspace(0, n_classes - 1, min(sample_classes, n_classes)).round().long()
@@ -104,14 +125,24 @@ class BigGANModule(pl.LightningModule):
 
     # -- sampling --------------------------------------------------------------------------------
 
+    def noise_generator(self) -> torch.Generator:
+        """The generator of this process's z and labels, made on first use: seeded by the global seed
+        (``seed_everything``) and the process's rank, so each process of a multi-process fit draws
+        its own fake batches. (CPU: draws are copied to the device, which keeps them device-independent.)"""
+        generator = self.__dict__.get("_noise_generator")
+        if generator is None:
+            seed = (torch.initial_seed() + 1_000_003 * self.global_rank) % 2**64
+            generator = self.__dict__["_noise_generator"] = torch.Generator().manual_seed(seed)
+        return generator
+
     def random_labels(self, n: int) -> Tensor:
-        return torch.randint(0, self.hparams.n_classes, (n,), device=self.device)
+        return torch.randint(0, self.hparams.n_classes, (n,), generator=self.noise_generator()).to(self.device)
 
     def random_z(self, n: int, truncation: Optional[float] = None) -> Tensor:
         """z ~ N(0, I), or truncated to [-t, t] when ``truncation`` is given."""
         if truncation is None:
-            return torch.randn(n, self.hparams.dim_z, device=self.device)
-        return truncated_z(n, self.hparams.dim_z, truncation).to(self.device)
+            return torch.randn(n, self.hparams.dim_z, generator=self.noise_generator()).to(self.device)
+        return truncated_z(n, self.hparams.dim_z, truncation, self.noise_generator()).to(self.device)
 
     @torch.no_grad()
     def refresh_ema_stats(self, truncation: Optional[float] = None) -> None:
@@ -132,6 +163,20 @@ class BigGANModule(pl.LightningModule):
         return self.G_ema(z, y)
 
     # -- training --------------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        check_activations_kept(self)
+        self.__dict__.pop("_noise_generator", None)  # seeded again, by this process's rank in the fit
+        if isinstance(self.trainer.model, DistributedDataParallel):  # Lightning's wrapper, which covers G only
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.__dict__["_d_parallel"] = DistributedDataParallel(self.D, device_ids=device_ids)
+
+    def on_fit_end(self) -> None:
+        self.__dict__.pop("_d_parallel", None)
+
+    def _d_step_discriminator(self) -> nn.Module:
+        """D for its own step: its DDP wrapper in a multi-process fit, which reduces D's gradients."""
+        return self.__dict__.get("_d_parallel", self.D)
 
     def configure_optimizers(self) -> List[torch.optim.Optimizer]:
         hp = self.hparams
@@ -157,6 +202,7 @@ class BigGANModule(pl.LightningModule):
         micro = self._micro_batches(*batch)
         self.G.train()
         self.D.train()
+        discriminator = self._d_step_discriminator()
 
         self.D.requires_grad_(True)
         for step in range(hp.d_steps):
@@ -166,12 +212,12 @@ class BigGANModule(pl.LightningModule):
                 y_fake = self.random_labels(n)
                 with torch.no_grad():
                     x_fake = self.G(self.random_z(n), y_fake)
-                logits = self.D(torch.cat([x_real, x_fake]), torch.cat([y_real, y_fake]))
+                logits = discriminator(torch.cat([x_real, x_fake]), torch.cat([y_real, y_fake]))
                 loss_real, loss_fake = hinge_d(logits[:n], logits[n:])
                 self.manual_backward((loss_real + loss_fake) / hp.accumulate)
             opt_d.step()
 
-        self.D.requires_grad_(False)  # G's step needs no D gradients
+        self.D.requires_grad_(False)  # G's step needs no D gradients (and D's DDP wrapper is not used)
         opt_g.zero_grad(set_to_none=True)
         n = micro[0][0].shape[0]
         for _ in range(hp.accumulate):

@@ -27,6 +27,7 @@ from .registry import (
     paper_genome,
     register_layer,
 )
+from .sync import convert_sync_evonorm
 
 __version__ = "0.1.0"
 
@@ -56,4 +57,5 @@ __all__ = [
     "load_genomes",
     "paper_genome",
     "register_layer",
+    "convert_sync_evonorm",
 ]

@@ -2,24 +2,31 @@
 re-exported there): input checks, the per-channel affine, and for each series the dispatch between
 the lean kernels and the reference implementation in plain autograd ops, which is the specification
 the kernels are tested against and the path for TorchScript, tracing and export."""
-from typing import List, Optional
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .kernels.batch import evonorm_batch_fused
+from .kernels.batch_sync import evonorm_batch_synchronized
 from .kernels.common import compute_dtype, current_mode
+from .kernels.distributed import synchronized_moments
 from .kernels.sample import evonorm_sample_fused
 
 
 @torch.jit.unused
-def use_lean_kernels(x: Tensor) -> bool:
-    if current_mode() == "reference" or x.numel() == 0 or x.dim() < 3 or not x.is_floating_point():
-        return False
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+def lean_kernels_run() -> bool:
+    """Whether the lean kernels may run now: not in the "reference" mode, and not under tracing, ONNX
+    export or torch.compile, which take the reference implementation."""
+    if current_mode() == "reference" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return False
     compiler = getattr(torch, "compiler", None)
     return not (compiler is not None and (compiler.is_compiling() or getattr(compiler, "is_exporting", bool)()))
+
+
+@torch.jit.unused
+def use_lean_kernels(x: Tensor) -> bool:
+    return x.numel() != 0 and x.dim() >= 3 and x.is_floating_point() and lean_kernels_run()
 
 
 def resolve_groups(num_channels: int, groups: int) -> int:
@@ -161,9 +168,8 @@ def evonorm_batch_reference(
     n, c = x.shape[0], x.shape[1]
     dtype = compute_dtype(x)
     x3 = x.to(dtype).flatten(2)
-    shape = [1, c, 1]
     if x3.numel() == 0:  # no statistics to take; keep the parameters in the graph
-        return affine(x3, weight, bias, shape).reshape(x.shape).to(x.dtype)
+        return affine(x3, weight, bias, [1, c, 1]).reshape(x.shape).to(x.dtype)
 
     if training:
         batch_var = torch.var(x3, dim=[0, 2], unbiased=False)
@@ -172,6 +178,24 @@ def evonorm_batch_reference(
     else:
         assert running_var is not None  # checked above; refines the type for TorchScript
         batch_var = running_var.to(dtype)
+    return batch_reference_output(x, x3, variant, batch_var, v, weight, bias, eps, apply_act)
+
+
+def batch_reference_output(
+    x: Tensor,
+    x3: Tensor,
+    variant: int,
+    batch_var: Tensor,
+    v: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: float,
+    apply_act: bool,
+) -> Tensor:
+    """The B-series output of ``x3`` (x as (N, C, L) in the compute dtype) given the per-channel
+    variance ``batch_var`` (C,) of the left term, in x's shape and dtype."""
+    shape = [1, x3.shape[1], 1]
+    dtype = x3.dtype
     left = torch.sqrt(batch_var + eps).view(shape)
 
     if not apply_act:
@@ -186,6 +210,58 @@ def evonorm_batch_reference(
             right = (x3 + 1.0) * rms if variant == 1 else rms - x3
         y = x3 / torch.maximum(left, right)
     return affine(y, weight, bias, shape).reshape(x.shape).to(x.dtype)
+
+
+@torch.jit.unused
+def evonorm_batch_synchronized_training(
+    x: Tensor,
+    variant: int,
+    running_var: Optional[Tensor],
+    v: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    momentum: float,
+    eps: float,
+    apply_act: bool,
+    name: str,
+    process_group: Optional[Any],
+) -> Tensor:
+    """B0 (variant 0), B1 (1) or B2 (2) in training with the batch statistics of the concatenated batch
+    of ``process_group`` (the layers' ``sync_stats``): the lean synchronized kernels, or the synchronized
+    reference where the kernels do not run. The running variance is updated with the global batch
+    variance, skipped when the global batch has at most one value per channel.
+
+    The choice between the two never depends on this process's batch (an empty one included), since
+    they exchange different collectives and every process must make the same.
+    """
+    check_batch_args(x, running_var, v, weight, bias, True, name)
+    if lean_kernels_run():
+        y, batch_var, count = evonorm_batch_synchronized(x, variant, v, weight, bias, eps, apply_act, process_group)
+    else:
+        y, batch_var, count = evonorm_batch_synchronized_reference(x, variant, v, weight, bias, eps, apply_act, process_group)
+    if running_var is not None:
+        update_running_stat(running_var, batch_var, momentum, count)
+    return y
+
+
+@torch.jit.unused
+def evonorm_batch_synchronized_reference(
+    x: Tensor,
+    variant: int,
+    v: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: float,
+    apply_act: bool,
+    process_group: Optional[Any],
+) -> Tuple[Tensor, Tensor, int]:
+    """The synchronized B-series in plain autograd ops and differentiable collectives (the
+    specification of the lean synchronized kernels): (output, global batch variance (C,), global count)."""
+    dtype = compute_dtype(x)
+    x3 = x.to(dtype).flatten(2)
+    _, batch_var, count = synchronized_moments(x3, process_group)
+    batch_var = batch_var.view(x.shape[1])
+    return batch_reference_output(x, x3, variant, batch_var, v, weight, bias, eps, apply_act), batch_var, count
 
 
 def check_sample_args(x: Tensor, v: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor], name: str) -> None:

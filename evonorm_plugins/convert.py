@@ -137,7 +137,9 @@ def convert_norm_act(
     (converted and refused norms side by side); the report says which is which.
 
     State: ``num_features``, γ and β, ``eps``, device and dtype come from the norm; ``groups`` from a
-    GroupNorm; a BatchNorm's ``momentum`` and running statistics go to layers that keep them. The
+    GroupNorm; a BatchNorm's ``momentum`` and running statistics go to layers that keep them; an
+    ``nn.SyncBatchNorm`` (or a synchronized ``BatchNormReLU``) makes a layer that synchronizes its batch
+    statistics over the same process group (``sync_stats``; layers without batch statistics ignore it). The
     BatchNorm baselines get ``running_mean``/``running_var`` as they are (same statistics, so the
     output is unchanged). The EvoNorm-B ``running_var`` is the moving average of the *biased* batch
     variance of the same input over the same (N, H, W) axes, BatchNorm's of the *unbiased* one: they
@@ -152,7 +154,8 @@ def convert_norm_act(
         strict: raise ``ValueError`` listing the refusals, leaving the model unchanged, if any norm
             cannot be converted.
         activations: activation module types the layer takes over.
-        **layer_kwargs: constructor keywords of the layer (``groups=``, ``eps=``, ...); they override
+        **layer_kwargs: constructor keywords of the layer (``groups=``, ``eps=``, ``sync_stats=True`` to
+            synchronize the batch statistics of B-series layers across processes, ...); they override
             what is carried from the norm. ``apply_act`` is decided per norm and cannot be passed.
 
     Returns:
@@ -464,6 +467,8 @@ def _inherited_kwargs(norm: nn.Module) -> Dict[str, Any]:
         kwargs["groups"] = norm.num_groups
     elif norm.momentum is not None:  # a BatchNorm; None (cumulative average) has no equivalent
         kwargs["momentum"] = norm.momentum
+    if isinstance(norm, nn.SyncBatchNorm) or getattr(norm, "sync_stats", False):
+        kwargs.update(sync_stats=True, process_group=norm.process_group)
     return kwargs
 
 

@@ -8,6 +8,11 @@ every OpenMMLab 2.x library (mmdet, mmseg, mmpretrain, …) look norm types up, 
     import evonorm_plugins.mmcv                        # in code, or in an mmengine config:
     custom_imports = dict(imports=["evonorm_plugins.mmcv"], allow_failed_imports=False)
     norm_cfg = dict(type="EvoNormS0", groups=32)
+    norm_cfg = dict(type="SyncEvoNormB0")              # batch statistics synchronized across processes
+
+Every layer with batch statistics (the B-series, batch-dependent genomes, ``BatchNormReLU``) is also
+registered as ``Sync<Name>``, as mmcv has ``SyncBN`` for ``BN``: the layer with ``sync_stats=True``
+(``dict(type="EvoNormB0", sync_stats=True)`` is the same).
 
 Design decisions
 ----------------
@@ -79,6 +84,7 @@ from .registry import (
     get_layer_class,
     list_layers,
 )
+from .sync import SYNC_PREFIX, has_batch_statistics
 
 ABBREVIATION = "evonorm"
 
@@ -129,30 +135,36 @@ def abbreviation(cls: Type[nn.Module]) -> str:
 class LayerBuilder:
     """Base of the classes registered with mmcv: calling one builds an instance of ``layer_class``.
 
-    Each registered name gets a subclass that sets ``layer_class`` and mmcv's ``_abbr_``. Instances of
-    the builder itself never exist: ``__new__`` returns the layer.
+    Each registered name gets a subclass that sets ``layer_class``, ``synchronized`` (the ``Sync<Name>``
+    builders: ``sync_stats=True``) and mmcv's ``_abbr_``. Instances of the builder itself never exist:
+    ``__new__`` returns the layer.
     """
 
     layer_class: ClassVar[Type[nn.Module]]
+    synchronized: ClassVar[bool] = False
     _abbr_: ClassVar[str]
 
     def __new__(cls, num_features: int, **kwargs: Any) -> nn.Module:  # type: ignore[misc]
         if "num_groups" in kwargs:  # GN configs' name for groups; an explicit groups wins over it, since
             kwargs.setdefault("groups", kwargs.pop("num_groups"))  # configs merge num_groups in from a GN base
+        if cls.synchronized:
+            kwargs["sync_stats"] = True
         return cls.layer_class(num_features, **kwargs)
 
 
-def _make_builder(name: str, layer_class: Type[nn.Module]) -> Type[LayerBuilder]:
+def _make_builder(name: str, layer_class: Type[nn.Module], synchronized: bool) -> Type[LayerBuilder]:
+    what = "with sync_stats=True " if synchronized else ""
     attributes: Dict[str, Any] = {
         "layer_class": layer_class,
+        "synchronized": synchronized,
         "_abbr_": abbreviation(layer_class),
         "__module__": __name__,
-        "__doc__": f"Builds evonorm_plugins' {name!r} ({layer_class.__module__}.{layer_class.__qualname__}) for mmcv.",
+        "__doc__": f"Builds evonorm_plugins' {layer_class.__qualname__} {what}({layer_class.__module__}) for mmcv.",
     }
     return type(name, (LayerBuilder,), attributes)
 
 
-def _register(registry: Any, name: str, layer_class: Type[nn.Module]) -> None:
+def _register(registry: Any, name: str, layer_class: Type[nn.Module], synchronized: bool = False) -> None:
     """Put a builder for ``layer_class`` under ``name``, unless an up-to-date one is there already."""
     current = registry.module_dict.get(name)
     # Compared by attribute, not by isinstance/issubclass on LayerBuilder: builders made before an
@@ -164,13 +176,22 @@ def _register(registry: Any, name: str, layer_class: Type[nn.Module]) -> None:
             f"{current.__module__}.{getattr(current, '__qualname__', current)}, which is not an evonorm_plugins "
             f"layer; register the evonorm layer under another name (evonorm_plugins.register_layer) to use it with mmcv"
         )
-    if current_layer is layer_class:
+    if current_layer is layer_class and getattr(current, "synchronized", False) == synchronized:
         return
-    registry.register_module(name=name, module=_make_builder(name, layer_class), force=True)
+    registry.register_module(name=name, module=_make_builder(name, layer_class, synchronized), force=True)
+
+
+def _register_everywhere(name: str, layer_class: Type[nn.Module]) -> None:
+    """``name`` in every host registry, and ``Sync<name>`` too for a layer with batch statistics."""
+    for registry in _REGISTRIES:
+        _register(registry, name, layer_class)
+        if has_batch_statistics(layer_class):
+            _register(registry, SYNC_PREFIX + name, layer_class, synchronized=True)
 
 
 def register_all() -> List[str]:
-    """Register every layer of the evonorm_plugins registry with mmcv; returns the names registered.
+    """Register every layer of the evonorm_plugins registry with mmcv (and ``Sync<Name>`` for those with
+    batch statistics); returns the registry names registered.
 
     Called by the import; layers registered later are mirrored as they are registered, so calling it
     again is only needed to re-sync by hand. Names that are already registered and unchanged are left
@@ -186,9 +207,7 @@ def register_all() -> List[str]:
                 stacklevel=2,
             )
             continue
-        layer_class = get_layer_class(name)
-        for registry in _REGISTRIES:
-            _register(registry, name, layer_class)
+        _register_everywhere(name, get_layer_class(name))
         registered.append(name)
     return registered
 
@@ -198,8 +217,7 @@ def _on_register(name: str, layer_class: Type[nn.Module]) -> None:
     if "." in name:
         return
     try:
-        for registry in _REGISTRIES:
-            _register(registry, name, layer_class)
+        _register_everywhere(name, layer_class)
     except ValueError as error:
         warnings.warn(str(error), stacklevel=3)
 

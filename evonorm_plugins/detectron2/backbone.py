@@ -18,8 +18,13 @@ from detectron2.modeling.backbone.resnet import (
 )
 from torch import Tensor
 
-from ..registry import list_layers
-from .norm import EvoNormFactory, NormSpec, evonorm_factory, is_norm_layer
+from .norm import (
+    EvoNormFactory,
+    NormSpec,
+    evonorm_factory,
+    is_norm_layer,
+    registry_factory,
+)
 
 
 class _FrozenNormsStayInEval(CNNBlockBase):
@@ -156,11 +161,10 @@ def build_evonorm_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNe
 
 
 def fpn_norm(norm: Any) -> Any:
-    """FPN's norm: a registry name becomes its non-activating form (no ReLU follows FPN's norms);
-    detectron2's names and callables pass through."""
-    if isinstance(norm, str) and norm in list_layers():
-        return EvoNormFactory(norm, apply_act=False)
-    return norm
+    """FPN's norm: a registry name (or ``Sync<Name>``) becomes its non-activating form (no ReLU follows
+    FPN's norms); detectron2's names and callables pass through."""
+    factory = registry_factory(norm)
+    return norm if factory is None else factory.without_activation()
 
 
 @BACKBONE_REGISTRY.register()

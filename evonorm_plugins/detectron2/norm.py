@@ -21,6 +21,7 @@ from detectron2.layers import batch_norm as _batch_norm
 from torch import nn
 
 from ..registry import get_layer, get_layer_class, list_layers
+from ..sync import synchronized_names, unsynchronized_name
 
 NormSpec = Union[str, "EvoNormFactory"]
 
@@ -46,20 +47,23 @@ def get_norm(norm: Any, out_channels: int) -> Optional[nn.Module]:
     """detectron2's ``get_norm`` that also accepts every name of the evonorm_plugins registry.
 
     detectron2's own names and callables go to detectron2's function unchanged; a name it does not
-    know is built from the registry (activating form) for ``out_channels`` channels.
+    know is built from the registry (activating form) for ``out_channels`` channels, and
+    ``Sync<Name>`` (``SyncEvoNormB0``, like detectron2's ``SyncBN``) builds ``<Name>`` with its batch
+    statistics synchronized across the training processes (``sync_stats=True``).
     """
     try:
         return _detectron2_get_norm(norm, out_channels)
     except KeyError:
         if not isinstance(norm, str):
             raise
-    if norm in list_layers():
-        return get_layer(norm, out_channels)
+    factory = registry_factory(norm)
+    if factory is not None:
+        return factory(out_channels)
     raise ValueError(
         f"unknown NORM {norm!r}: it is neither a detectron2 norm (BN, SyncBN, FrozenBN, GN, LN, nnSyncBN, "
-        f"naiveSyncBN, naiveSyncBN_N) nor an evonorm_plugins layer ({', '.join(list_layers())}); names are "
-        f"case-sensitive, and evolved layers must be registered (register_layer, load_genomes or "
-        f"EVONORM_GENOMES) before the model is built"
+        f"naiveSyncBN, naiveSyncBN_N) nor an evonorm_plugins layer ({', '.join(list_layers())}, or synchronized: "
+        f"{', '.join(synchronized_names())}); names are case-sensitive, and evolved layers must be registered "
+        f"(register_layer, load_genomes or EVONORM_GENOMES) before the model is built"
     )
 
 
@@ -97,8 +101,9 @@ class EvoNormFactory:
 
     Use it in LazyConfigs (``norm=EvoNormFactory("EvoNormB0")``, ``apply_act=False`` where no ReLU
     follows the norm, as in FPN) or anywhere detectron2 takes ``norm`` as a callable. ``kwargs`` go to
-    the layer's constructor (``groups``, ``momentum``, ``eps``, ...). A picklable dataclass rather than
-    a lambda, so configs holding it can be saved.
+    the layer's constructor (``groups``, ``momentum``, ``eps``, ``sync_stats=True`` to synchronize batch
+    statistics across processes, ...). A picklable dataclass rather than a lambda, so configs holding it
+    can be saved.
     """
 
     name: str
@@ -116,12 +121,24 @@ class EvoNormFactory:
         return replace(self, apply_act=False)
 
 
+def registry_factory(norm: Any) -> Optional[EvoNormFactory]:
+    """The factory a ``NORM`` string names in the registry — a layer, or ``Sync<Name>`` for the layer
+    with ``sync_stats=True`` — or ``None`` when it names neither."""
+    if not isinstance(norm, str):
+        return None
+    if norm in list_layers():
+        return EvoNormFactory(norm)
+    base = unsynchronized_name(norm)
+    return None if base is None else EvoNormFactory(base, kwargs={"sync_stats": True})
+
+
 def evonorm_factory(norm: NormSpec, owner: str) -> EvoNormFactory:
     """``norm`` as an :class:`EvoNormFactory`; ``owner`` names the block for the error message."""
     if isinstance(norm, EvoNormFactory):
         return norm
-    if isinstance(norm, str) and norm in list_layers():
-        return EvoNormFactory(norm)
+    factory = registry_factory(norm)
+    if factory is not None:
+        return factory
     raise ValueError(
         f"{owner} needs norm to name an evonorm_plugins layer (e.g. 'EvoNormS0') or be an EvoNormFactory, "
         f"got {norm!r} (evolved layers must be registered first: register_layer(), load_genomes() or the "

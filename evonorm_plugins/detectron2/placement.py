@@ -66,11 +66,14 @@ def _activates(norm: nn.Module) -> bool:
 
 def _stop_activating(convs: Iterable[Optional[nn.Module]]) -> None:
     """Rebuild each conv's registry norm in its non-activating form (same class, fresh parameters:
-    the model is being built, not trained)."""
+    the model is being built, not trained; a synchronized norm stays synchronized)."""
     for conv in convs:
         norm = getattr(conv, "norm", None)
         if is_norm_layer(norm) and _activates(norm):
-            conv.norm = REGISTRY.get(_registry_name(norm), conv.out_channels, apply_act=False)
+            conv.norm = REGISTRY.get(
+                _registry_name(norm), conv.out_channels, apply_act=False,
+                sync_stats=getattr(norm, "sync_stats", False), process_group=getattr(norm, "process_group", None),
+            )
 
 
 def place_evonorms(model: nn.Module) -> List[str]:

@@ -1,12 +1,13 @@
 """GraphNormAct: the nn.Module that runs any genome, searched or hand-written."""
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .._ops import affine, check_channels, check_input, update_running_stat
 from ..kernels.common import compute_dtype
+from ..kernels.distributed import synchronized_statistic
 from ..layers.base import EvoNormBase, num_groups_for
 from .genome import Genome, X, genome_from_ops
 from .primitives import FIRST_AGGREGATION, PRIMITIVES, elementwise, statistic
@@ -45,6 +46,10 @@ class GraphNormAct(EvoNormBase):
         compile: run the program through ``torch.compile`` (built on the first forward; needs a C++
             compiler on CPU, Triton on GPU): one fused kernel instead of one op per node. TorchScript
             ignores it and interprets the program.
+        sync_stats, process_group: in training, take the batch aggregations over the concatenated batch
+            of the group's processes (differentiable all-reduces; the program then runs interpreted,
+            outside ``torch.compile`` and ``compile=True``); a genome without batch aggregations
+            ignores them.
         eps, affine_only, device, dtype, host keywords: as for the EvoNorm layers.
 
     The trainable vectors ``v0`` (init 0) and ``v1`` (init 1) exist only when the program uses them.
@@ -98,6 +103,7 @@ class GraphNormAct(EvoNormBase):
             else:
                 slots.append(-1)
         self.running_slot: List[int] = slots
+        self.batch_statistics = not self.affine_only and any(slot >= 0 for slot in slots)
 
         factory = {"device": self.weight.device, "dtype": self.weight.dtype}
         used = program.ancestors(program.output) if not self.affine_only else set()
@@ -127,14 +133,17 @@ class GraphNormAct(EvoNormBase):
     def reset_running_stats(self) -> None:
         self.running_stats.copy_(torch.tensor(self._running_init).view(-1, 1).expand_as(self.running_stats))
 
-    def _aggregate(self, code: int, t: Tensor, slot: int, n: int, c: int, length: int) -> Tensor:
+    def _aggregate(self, code: int, t: Tensor, slot: int, n: int, c: int, length: int, synchronized: bool) -> Tensor:
         stat = (code - self.first_aggregation) // 3
         axes = (code - self.first_aggregation) % 3
         t = t.expand(n, c, length)
         if axes == 0:  # batch: per channel over (N, H, W), running estimate in eval
             if self.training:
-                value = statistic(t, stat, [0, 2])
-                update_running_stat(self.running_stats[slot], value.view(c), self.momentum, n * length)
+                if synchronized:
+                    value, count = self._synchronized_statistic(t, stat)
+                else:
+                    value, count = statistic(t, stat, [0, 2]), n * length
+                update_running_stat(self.running_stats[slot], value.view(c), self.momentum, count)
                 return value
             return self.running_stats[slot].to(t.dtype).view(1, c, 1)
         if axes == 1:  # instance: per sample and channel over (H, W)
@@ -143,10 +152,17 @@ class GraphNormAct(EvoNormBase):
         grouped = statistic(t.reshape(n, g, c // g, length), stat, [2, 3])
         return grouped.expand(n, g, c // g, 1).reshape(n, c, 1)
 
+    @torch.jit.unused
+    @torch.compiler.disable
+    def _synchronized_statistic(self, t: Tensor, stat: int) -> Tuple[Tensor, int]:
+        return synchronized_statistic(t, stat, self.process_group)
+
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting() and self.synchronized():
+            return self._run(x, True)
         if self.compile_program and not torch.jit.is_scripting():
             return self._compiled_run(x)
-        return self._run(x)
+        return self._run(x, False)
 
     @torch.jit.unused
     def _compiled_run(self, x: Tensor) -> Tensor:
@@ -163,15 +179,19 @@ class GraphNormAct(EvoNormBase):
         state.pop("_compiled", None)  # compiled code does not pickle or deepcopy; rebuilt on use
         return state
 
-    def _run(self, x: Tensor) -> Tensor:
-        """Interpret the program on x: the TorchScript-compatible reference of this layer."""
+    def _run(self, x: Tensor, synchronized: bool = False) -> Tensor:
+        """Interpret the program on x: the TorchScript-compatible reference of this layer.
+
+        ``synchronized``: take batch aggregations over the process group; then an empty input runs the
+        program too, because its collectives are this process's share of its peers' statistics.
+        """
         check_input(x, self.layer_name)
         n, c = x.shape[0], x.shape[1]
         check_channels(self.weight, "weight", c, self.layer_name)
         dtype = compute_dtype(x)
         x3 = x.to(dtype).flatten(2)
         shape = [1, c, 1]
-        if self.affine_only or x3.numel() == 0:
+        if self.affine_only or (x3.numel() == 0 and not synchronized):
             return self.drop(affine(x3, self.weight, self.bias, shape).reshape(x.shape).to(x.dtype))
         length = x3.shape[2]
         zero = torch.zeros((1, 1, 1), dtype=dtype, device=x.device)
@@ -187,7 +207,7 @@ class GraphNormAct(EvoNormBase):
             code = self.ops[i]
             a = values[self.first_input[i]]
             if code >= self.first_aggregation:
-                values.append(self._aggregate(code, a, self.running_slot[i], n, c, length))
+                values.append(self._aggregate(code, a, self.running_slot[i], n, c, length, synchronized))
             else:
                 b = values[self.second_input[i]] if self.second_input[i] >= 0 else a
                 values.append(elementwise(code, a, b, self.eps))

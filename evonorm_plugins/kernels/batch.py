@@ -34,16 +34,24 @@ from .common import (
 )
 
 
-def _statistics(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-channel batch mean and variance (1, 1, C, 1), and per instance (N, 1, C, 1) the mean and
-    ``si`` = √(s²_L + ε) (B0) or mean 0 and ``ri`` = √(μ_L(x²) + ε) (B1, B2), from one moments pass:
-    the batch variance is the mean instance variance plus the variance of the instance means."""
+def channel_moments(x4: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-channel batch mean and biased variance (1, 1, C, 1) and per-instance mean and variance
+    (N, 1, C, 1) of the (N, 1, C, L) view, from one moments pass: the batch variance is the mean
+    instance variance plus the variance of the instance means (torch.var over (N, L) is several times
+    slower on CPU)."""
     n, _, c, length = x4.shape
     inst_mean, inst_var = group_moments(x4.reshape(n, c, 1, length))
     inst_mean, inst_var = inst_mean.view(n, 1, c, 1), inst_var.view(n, 1, c, 1)
     batch_mean = inst_mean.mean(dim=0, keepdim=True)
     spread = inst_mean - batch_mean
     batch_var = inst_var.mean(dim=0, keepdim=True) + (spread * spread).mean(dim=0, keepdim=True)
+    return batch_mean, batch_var, inst_mean, inst_var
+
+
+def forward_statistics(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-channel batch mean and variance (1, 1, C, 1), and per instance (N, 1, C, 1) the mean and
+    ``si`` = √(s²_L + ε) (B0) or mean 0 and ``ri`` = √(μ_L(x²) + ε) (B1, B2)."""
+    batch_mean, batch_var, inst_mean, inst_var = channel_moments(x4)
     if variant == 0:
         return batch_mean, batch_var, inst_mean, torch.sqrt(inst_var + eps)
     return batch_mean, batch_var, torch.zeros_like(inst_mean), torch.sqrt(inst_var + inst_mean * inst_mean + eps)
@@ -57,6 +65,22 @@ def _right(x4: Tensor, variant: int, vv: Tensor, inst: Tensor) -> Tensor:
     return inst - x4
 
 
+def grouped(x: Tensor) -> Tensor:
+    """x as the (N, 1, C, L) view the kernels work on, in the compute dtype."""
+    return x.to(compute_dtype(x)).flatten(2).unsqueeze(1)
+
+
+def normalized_output(
+    x: Tensor, x4: Tensor, variant: int, v: Tensor, weight: Tensor, bias: Tensor, batch_var: Tensor, inst: Tensor,
+    eps: float, apply_act: bool,
+) -> Tuple[Tensor, Tensor]:
+    """The output (x's dtype) for the per-channel variance ``batch_var`` (1, 1, C, 1), and ``left``."""
+    dtype = x4.dtype
+    left = torch.sqrt(batch_var + eps)
+    d = torch.maximum(left, _right(x4, variant, per_channel(v, 1, dtype), inst)) if apply_act else left
+    return affine_output(x, x4 / d, per_channel(weight, 1, dtype), per_channel(bias, 1, dtype)), left
+
+
 def batch_forward(
     x: Tensor, variant: int, v: Tensor, weight: Tensor, bias: Tensor, left_var: Optional[Tensor], eps: float, apply_act: bool
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -64,28 +88,26 @@ def batch_forward(
 
     ``left_var`` is the running variance to use (eval), or ``None`` to use the batch's (training).
     """
-    n, c = x.shape[0], x.shape[1]
-    dtype = compute_dtype(x)
-    x4 = x.to(dtype).reshape(n, 1, c, -1)
-    batch_mean, batch_var, inst_mean, inst = _statistics(x4, variant, eps)
+    c = x.shape[1]
+    x4 = grouped(x)
+    batch_mean, batch_var, inst_mean, inst = forward_statistics(x4, variant, eps)
     if left_var is not None:  # eval: the running variance replaces the batch's
-        batch_var = left_var.to(dtype).view(1, 1, c, 1)
+        batch_var = left_var.to(x4.dtype).view(1, 1, c, 1)
         batch_mean = torch.zeros_like(batch_var)
-    left = torch.sqrt(batch_var + eps)
-    d = torch.maximum(left, _right(x4, variant, per_channel(v, 1, dtype), inst)) if apply_act else left
-    y = affine_output(x, x4 / d, per_channel(weight, 1, dtype), per_channel(bias, 1, dtype))
+    y, left = normalized_output(x, x4, variant, v, weight, bias, batch_var, inst, eps, apply_act)
     return y, batch_var.reshape(c), batch_mean, left, inst_mean, inst
 
 
-def batch_backward(
-    dy: Tensor, x: Tensor, v: Tensor, weight: Tensor, batch_mean: Tensor, left: Tensor, inst_mean: Tensor, inst: Tensor,
-    variant: int, apply_act: bool, batch_statistics: bool, needs_v: bool, needs_weight: bool, needs_bias: bool,
-) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """The closed-form gradients (dx, dv, dγ, dβ) from the input and the forward's statistics."""
-    n, c = x.shape[0], x.shape[1]
-    dtype = compute_dtype(x)
-    x4 = x.to(dtype).reshape(n, 1, c, -1)
+def backward_reductions(
+    dy: Tensor, x4: Tensor, v: Tensor, weight: Tensor, left: Tensor, inst: Tensor, variant: int, apply_act: bool,
+    needs_v: bool, needs_weight: bool, needs_bias: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """The backward's full-size part and its reductions: ``g`` (∂L/∂x at fixed statistics, with the
+    right term's direct part), a scratch tensor of x4's size, the instance statistic's coefficient
+    (N, 1, C, 1), the per-instance sums of −∂L/∂left (N, 1, C, 1), and dv, dγ, dβ (local sums)."""
+    c = x4.shape[2]
     length = x4.shape[3]
+    dtype = x4.dtype
     dy4 = dy.to(dtype).reshape(x4.shape)
     vv = per_channel(v, 1, dtype)
     # Fresh full-size tensors are few and updated in place: on CPU each new one costs page faults.
@@ -119,13 +141,21 @@ def batch_backward(
         else:
             g.add_(neg_dright)
             coef = -right_sum / (length * inst)
-    # dx = g + coef·(x − μ_inst) + left_coef·(x − μ_batch) (μ_inst = 0 for B1, B2), written as
-    # g + (coef + left_coef)·(x − centre) + offset with one centre per instance and a small offset.
-    # The centred x − centre is formed first: coef·x − coef·μ would cancel two large products, which in
-    # float32 loses the gradient where a statistic covers one value (N·H·W = 1 or H·W = 1).
+    return g, neg_dd, coef, total, d_v, d_weight, d_bias
+
+
+def input_gradient(
+    x: Tensor, x4: Tensor, g: Tensor, scratch: Optional[Tensor], coef: Tensor, left_coef: Optional[Tensor],
+    batch_mean: Tensor, inst_mean: Tensor, variant: int,
+) -> Tensor:
+    """dx = g + coef·(x − μ_inst) + left_coef·(x − μ_batch) (μ_inst = 0 for B1, B2), where
+    ``left_coef`` = −Σ_{N,L}(−∂L/∂left) / (N·L·left) is ``None`` when ``left`` is a constant (eval).
+    ``scratch`` (a free tensor of x4's size, or ``None``) receives the centred x."""
+    # Written as g + (coef + left_coef)·(x − centre) + offset with one centre per instance and a small
+    # offset. The centred x − centre is formed first: coef·x − coef·μ would cancel two large products,
+    # which in float32 loses the gradient where a statistic covers one value (N·H·W = 1 or H·W = 1).
     centre = inst_mean if variant == 0 else batch_mean  # batch_mean is 0 in eval
-    if batch_statistics:
-        left_coef = -total.sum(dim=0, keepdim=True) / (n * length * left)
+    if left_coef is not None:
         offset = left_coef * (inst_mean - batch_mean) if variant == 0 else coef * batch_mean
         coef = coef + left_coef
     else:
@@ -134,12 +164,26 @@ def batch_backward(
         dx = torch.addcmul(g.reshape(x.shape), (x4 - centre).reshape(x.shape), per_input(coef, x4, x))
         if offset is not None:
             dx = dx + per_input(offset, x4, x)
-        return dx.to(x.dtype), d_v, d_weight, d_bias
-    centred = torch.sub(x4, centre, out=neg_dd)  # neg_dd's storage is free again
+        return dx.to(x.dtype)
+    centred = torch.sub(x4, centre) if scratch is None else torch.sub(x4, centre, out=scratch)
     dx4 = g.addcmul_(centred, coef)
     if offset is not None:
         dx4 = dx4.add_(offset)
-    return dx4.reshape(x.shape).to(x.dtype), d_v, d_weight, d_bias
+    return dx4.reshape(x.shape).to(x.dtype)
+
+
+def batch_backward(
+    dy: Tensor, x: Tensor, v: Tensor, weight: Tensor, batch_mean: Tensor, left: Tensor, inst_mean: Tensor, inst: Tensor,
+    variant: int, apply_act: bool, batch_statistics: bool, needs_v: bool, needs_weight: bool, needs_bias: bool,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """The closed-form gradients (dx, dv, dγ, dβ) from the input and the forward's statistics."""
+    x4 = grouped(x)
+    g, scratch, coef, total, d_v, d_weight, d_bias = backward_reductions(
+        dy, x4, v, weight, left, inst, variant, apply_act, needs_v, needs_weight, needs_bias
+    )
+    left_coef = -total.sum(dim=0, keepdim=True) / (x4.shape[0] * x4.shape[3] * left) if batch_statistics else None
+    dx = input_gradient(x, x4, g, scratch, coef, left_coef, batch_mean, inst_mean, variant)
+    return dx, d_v, d_weight, d_bias
 
 
 class EvoNormBatchFunction(torch.autograd.Function):

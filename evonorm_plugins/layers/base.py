@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..functional import resolve_groups
+from ..kernels.distributed import synchronizes
 
 # Keywords that host frameworks pass to any norm-act layer and that have no meaning for an EvoNorm,
 # which is its own activation: they are accepted and ignored so the layer drops into those call sites.
@@ -17,7 +18,8 @@ def check_host_kwargs(layer: str, kwargs: Dict[str, Any]) -> None:
     if unknown:
         raise TypeError(
             f"{layer} got unexpected keyword argument(s) {unknown}; it accepts num_features, eps, groups, "
-            f"group_size, momentum, apply_act, affine_only, drop_layer, device, dtype (and ignores "
+            f"group_size, momentum, apply_act, affine_only, sync_stats, process_group, drop_layer, device, dtype "
+            f"(and ignores "
             f"{sorted(HOST_KEYWORDS)})"
         )
 
@@ -42,7 +44,8 @@ class EvoNormBase(nn.Module):
     """Shared constructor of the six layers.
 
     Every layer takes the same keywords so that configs can swap one for another by name: ``groups`` and
-    ``group_size`` are used by the S-series only and ``momentum`` by the B-series only.
+    ``group_size`` are used by the S-series only, ``momentum``, ``sync_stats`` and ``process_group`` by
+    the layers with batch statistics only (B-series, batch-dependent genomes).
 
     Args:
         num_features: channels C of the ``(N, C, H, W)`` input.
@@ -54,6 +57,11 @@ class EvoNormBase(nn.Module):
             S0/S1: by the group std, S2: by the group RMS), for hosts that put a norm without an
             activation at the end of a residual branch.
         affine_only: the official code's ``nonlinearity=False``: ``x·γ + β`` with no normalization.
+        sync_stats: in training, take the batch statistics over the concatenated batch of every process
+            of ``process_group`` (as ``nn.SyncBatchNorm`` does), when ``torch.distributed`` is
+            initialized with more than one process there; otherwise, and in eval mode, the layer computes
+            exactly what it does without. Settable later (:func:`evonorm_plugins.convert_sync_evonorm`).
+        process_group: the ``torch.distributed`` group to synchronize over; ``None``: the default group.
         drop_layer: a module class (e.g. timm's DropBlock) applied to the output, as timm's norm-act
             layers apply it between norm and activation; an EvoNorm has no such in-between point.
         device, dtype: factory arguments of the parameters (the running variance is always float32 or
@@ -69,6 +77,9 @@ class EvoNormBase(nn.Module):
     # Running statistics that stay float32 (or wider) when the module is cast to half precision:
     # variances of fp16 activations overflow fp16.
     float32_buffers: Tuple[str, ...] = ()
+    # Whether the layer takes statistics over the batch (and so can synchronize them); set per instance
+    # by the layers that do.
+    batch_statistics: bool = False
 
     def __init__(
         self,
@@ -80,6 +91,8 @@ class EvoNormBase(nn.Module):
         momentum: float = 0.1,
         apply_act: bool = True,
         affine_only: bool = False,
+        sync_stats: bool = False,
+        process_group: Optional[Any] = None,
         drop_layer: Optional[Callable[[], nn.Module]] = None,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
@@ -98,6 +111,8 @@ class EvoNormBase(nn.Module):
         self.eps = float(eps)
         self.apply_act = bool(apply_act)
         self.affine_only = bool(affine_only)
+        self.sync_stats = bool(sync_stats)
+        self.process_group = process_group
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.ones(num_features, **factory))
         self.bias = nn.Parameter(torch.zeros(num_features, **factory))
@@ -115,6 +130,12 @@ class EvoNormBase(nn.Module):
                 setattr(self, name, buffer.float())
         return self
 
+    @torch.jit.unused
+    def synchronized(self) -> bool:
+        """Whether this forward synchronizes its batch statistics: ``sync_stats`` is set, the layer
+        trains and has batch statistics, and its process group has more than one process."""
+        return self.sync_stats and self.training and self.batch_statistics and synchronizes(self.process_group)
+
     def reset_parameters(self) -> None:
         """Back to the initial values v = 1, γ = 1, β = 0."""
         nn.init.ones_(self.weight)
@@ -124,6 +145,8 @@ class EvoNormBase(nn.Module):
 
     def extra_repr(self) -> str:
         text = f"{self.num_features}, eps={self.eps}"
+        if self.sync_stats and self.batch_statistics:
+            text += ", sync_stats=True"
         if self.affine_only:
             return text + ", affine_only=True"
         return text if self.apply_act else text + ", apply_act=False"

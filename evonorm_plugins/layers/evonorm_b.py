@@ -4,7 +4,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._ops import evonorm_batch
+from .._ops import evonorm_batch, evonorm_batch_synchronized_training
 from ..functional import channel_affine
 from .base import EvoNormBase
 
@@ -16,6 +16,13 @@ class EvoNormBatch(EvoNormBase):
     code's moving variance, initialized to 1); it is updated without autograd in training mode, used in
     eval mode, and never receives NaN or inf. It stays float32 (or wider) when the module is cast to
     half precision, because variances of fp16 activations overflow fp16.
+
+    With ``sync_stats=True`` and more than one process in ``process_group``, training takes the batch
+    variance over the concatenated batch of the group's processes (each may hold a different batch
+    size, or none) and its backward reduces the matching per-channel sums across them: outputs,
+    gradients and the running variance are those one process would compute on the whole batch. It runs
+    the lean synchronized kernels (1.0× the input saved), in the kernel mode in force, outside
+    ``torch.compile``: a compiled model calls it as an eager graph break.
     """
 
     float32_buffers = ("running_var",)
@@ -30,6 +37,7 @@ class EvoNormBatch(EvoNormBase):
             self.register_buffer("running_var", None)
         else:
             self.register_buffer("running_var", torch.ones(num_features, device=device, dtype=torch.float32))
+        self.batch_statistics = not self.affine_only
 
     def reset_running_stats(self) -> None:
         """Set the running variance back to 1."""
@@ -39,10 +47,20 @@ class EvoNormBatch(EvoNormBase):
     def forward(self, x: Tensor) -> Tensor:
         if self.affine_only:
             return self.drop(channel_affine(x, self.weight, self.bias))
+        if not torch.jit.is_scripting() and self.synchronized():
+            return self.drop(self._synchronized_forward(x))
         return self.drop(evonorm_batch(
             x, self.variant, self.running_var, self.v, self.weight, self.bias,
             self.training, self.momentum, self.eps, self.apply_act, self.layer_name,
         ))
+
+    @torch.jit.unused
+    @torch.compiler.disable
+    def _synchronized_forward(self, x: Tensor) -> Tensor:
+        return evonorm_batch_synchronized_training(
+            x, self.variant, self.running_var, self.v, self.weight, self.bias,
+            self.momentum, self.eps, self.apply_act, self.layer_name, self.process_group,
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", momentum={self.momentum}"

@@ -126,6 +126,20 @@ def test_evonorm_b0_carries_affine_running_var_eps_momentum_and_mode():
     assert "BatchNorm2d+ReLU -> EvoNormB0" in str(report)
 
 
+
+def test_sync_stats_is_asked_for_or_carried_from_a_syncbatchnorm():
+    """sync_stats=True synchronizes the B-series; a SyncBatchNorm's replacement synchronizes over its
+    process group unasked (the S-series accept and ignore it: no batch statistics)."""
+    model = _conv_bn_relu()
+    convert_norm_act(model, "EvoNormB0", sync_stats=True)
+    assert model[1].sync_stats and model[4].sync_stats and not model[4].apply_act
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(_conv_bn_relu())
+    convert_norm_act(model, "EvoNormB2")
+    assert isinstance(model[1], ep.EvoNormB2) and model[1].sync_stats and model[1].process_group is None
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(_conv_bn_relu())
+    convert_norm_act(model, "EvoNormS0")
+    assert isinstance(model[1], ep.EvoNormS0) and not model[1].synchronized()
+
 def test_groupnorm_gives_its_groups_unless_overridden():
     model = nn.Sequential(nn.Conv2d(3, 16, 1), nn.GroupNorm(4, 16), nn.SiLU(), nn.Conv2d(16, 16, 1), nn.GroupNorm(8, 16))
     convert_norm_act(model, "EvoNormS0")

@@ -119,6 +119,28 @@ def test_a_layer_registered_later_is_a_norm_too():
         unregister_layer("EvolvedForD2Test")
 
 
+
+def test_sync_names_build_layers_with_synchronized_batch_statistics():
+    """``Sync<Name>``, like detectron2's ``SyncBN``: the layer with ``sync_stats=True``, for every layer
+    with batch statistics; a per-sample layer has nothing to synchronize and says so."""
+    for name in ("EvoNormB0", "EvoNormB1", "EvoNormB2", "BatchNormReLU"):
+        layer = plugin.get_norm("Sync" + name, 16)
+        assert type(layer) is ep.get_layer_class(name) and layer.sync_stats
+    assert isinstance(plugin.get_norm("SyncBN", 16), torch.nn.SyncBatchNorm)  # detectron2's own
+    with pytest.raises(ValueError, match=r"'SyncEvoNormS0': EvoNormS0 takes no statistics over the batch.*use 'EvoNormS0'"):
+        plugin.get_norm("SyncEvoNormS0", 16)
+
+
+@pytest.mark.parametrize("key", ["gn", "evonorm_b0"])
+def test_changing_only_norm_to_sync_evonorm_b0_synchronizes_every_layer(key):
+    """detectron2's GN config (stock builders, placed) and the project's config (explicit blocks, FPN
+    in the non-activating form) with NORM: SyncEvoNormB0: all 69 layers synchronize, placed as usual."""
+    model = build(key, **{f"MODEL.{k}.NORM": "SyncEvoNormB0" for k in ("RESNETS", "FPN", "ROI_BOX_HEAD", "ROI_MASK_HEAD")})
+    layers = [m for m in model.modules() if isinstance(m, EvoNormB0)]
+    assert len(layers) == 69 and all(m.sync_stats for m in layers)
+    activating, linear = evonorm_sites(model)
+    assert (len(activating), len(linear)) == (41, 28)
+
 NORM_ONLY = {f"MODEL.{key}.NORM": "EvoNormS0" for key in ("RESNETS", "FPN", "ROI_BOX_HEAD", "ROI_MASK_HEAD")}
 
 

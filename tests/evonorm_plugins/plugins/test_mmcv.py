@@ -18,10 +18,11 @@ from mmengine.registry import MODELS, Registry  # noqa: E402
 
 import evonorm_plugins as ep  # noqa: E402
 import evonorm_plugins.mmcv as plugin  # noqa: E402
-import reference as ref  # noqa: E402
-from support import ROOT, randomize_parameters  # noqa: E402
 from evonorm_plugins import registry  # noqa: E402
 from evonorm_plugins.graph import GraphNormAct, genome_from_ops  # noqa: E402
+
+import reference as ref  # noqa: E402
+from support import ROOT, randomize_parameters  # noqa: E402
 
 ROOT = ROOT
 # tanh(x) / sqrt(mean(x², over H, W) + eps): an evolved layer with a formula that is easy to restate.
@@ -53,6 +54,21 @@ def test_every_registered_layer_builds(name):
     assert layer(x).shape == x.shape
     assert type(MODELS.build(dict(type=name, num_features=8))) is ep.get_layer_class(name)
 
+
+
+def test_sync_types_build_synchronized_layers(clean_registries):
+    """``Sync<Name>`` for the layers with batch statistics, as mmcv's ``SyncBN`` for ``BN``; a
+    ``sync_stats`` key does the same; genomes registered later get theirs too."""
+    for name in ("EvoNormB0", "EvoNormB1", "EvoNormB2", "BatchNormReLU"):
+        abbr, layer = build_norm_layer(dict(type="Sync" + name, requires_grad=True), 16, postfix=1)
+        assert type(layer) is ep.get_layer_class(name) and layer.sync_stats
+        assert abbr == EXPECTED_ABBR.get(name, "evonorm") + "1"
+    assert build_norm_layer(dict(type="EvoNormB0", sync_stats=True), 16)[1].sync_stats
+    assert MODELS.get("SyncEvoNormS0") is None and MODELS.get("SyncGroupNormReLU") is None
+    ep.register_layer("EvolvedBatch", ep.paper_genome("EvoNormB2"))
+    ep.register_layer("EvolvedTanh", EVOLVED)  # per-sample statistics only
+    assert build_norm_layer(dict(type="SyncEvolvedBatch"), 8)[1].sync_stats
+    assert MODELS.get("SyncEvolvedTanh") is None
 
 def test_paper_layers_compute_their_formulas():
     x = torch.randn(3, 16, 5, 5, dtype=torch.float64)

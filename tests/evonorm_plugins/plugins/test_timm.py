@@ -58,6 +58,16 @@ def test_create_norm_act_layer_with_our_names():
     assert get_norm_act_layer(ep.EvoNormB1) is ep.EvoNormB1
 
 
+
+def test_synchronized_layers_through_a_partial_or_convert_sync_evonorm():
+    """timm takes norm_layer=partial(EvoNormB0, sync_stats=True); a built model converts with
+    convert_sync_evonorm. Either way every B-series layer, activating or not, synchronizes."""
+    built = timm.create_model("regnetx_002", norm_layer=functools.partial(ep.EvoNormB0, sync_stats=True), num_classes=10)
+    converted = ep.convert_sync_evonorm(timm.create_model("regnetx_002", norm_layer=ep.EvoNormB0, num_classes=10))
+    for model in (built, converted):
+        layers = [m for m in model.modules() if isinstance(m, ep.EvoNormB0)]
+        assert len(layers) > 10 and any(not m.apply_act for m in layers) and all(m.sync_stats for m in layers)
+
 def test_timm_names_are_kept_unless_overridden():
     assert type(create_norm_act_layer("evonorms0", 64)).__name__ == "EvoNorm2dS0"
     try:
