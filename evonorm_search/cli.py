@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -27,10 +27,10 @@ from evonorm_plugins.user_errors import run_reporting_user_errors
 from .ablation import ARMS
 from .config import (
     SearchConfig,
-    checked_execution,
     execution_config,
     load_search_file,
     read_yaml,
+    validated,
 )
 from .controller import Controller
 from .errors import SearchError
@@ -52,10 +52,10 @@ def _execution(args: argparse.Namespace) -> ExecutorConfig:
     config = execution_config(read_yaml(args.config), str(args.config)) if getattr(args, "config", None) else ExecutorConfig()
     flags = {"backend": args.backend, "address": args.address, "workers": args.workers,
              "in_flight": args.in_flight, "time_limit": args.time_limit}
-    config = replace(config, **{k: v for k, v in flags.items() if v is not None})
-    if config.address is not None and config.backend != "ray":
-        config = replace(config, backend="ray")
-    return checked_execution(config, "execution (config file and flags)")
+    settings = {**asdict(config), **{k: v for k, v in flags.items() if v is not None}}
+    if settings["address"] is not None:
+        settings["backend"] = "ray"
+    return validated(ExecutorConfig, settings, "execution (config file and flags)")
 
 
 def _where(execution: ExecutorConfig, store: Path) -> str:
@@ -70,11 +70,10 @@ def _where(execution: ExecutorConfig, store: Path) -> str:
 
 
 @contextlib.contextmanager
-def _executor(args: argparse.Namespace, command: str) -> Iterator[Tuple[Executor, Optional[int]]]:
-    """The executor the flags and config ask for, and how many evaluations to keep in flight; shut
-    down on the way out. Prints what runs where first."""
-    execution = _execution(args)
-    print(f"evonorm-search {command}: {_where(execution, args.store)}", flush=True)
+def _executor(execution: ExecutorConfig, command: str, store: Path) -> Iterator[Tuple[Executor, Optional[int]]]:
+    """The executor ``execution`` asks for, and how many evaluations to keep in flight; shut down on
+    the way out. Prints what runs where first."""
+    print(f"evonorm-search {command}: {_where(execution, store)}", flush=True)
     executor = create_executor(execution)
     try:
         yield executor, execution.in_flight
@@ -84,11 +83,12 @@ def _executor(args: argparse.Namespace, command: str) -> Iterator[Tuple[Executor
 
 def _search(args: argparse.Namespace, config: Optional[SearchConfig]) -> None:
     """Run (config given) or resume the search in ``args.store``, with a progress bar."""
+    execution = _execution(args)  # bad execution settings are refused before the store is written
     with ProgressBar("search", "candidate") as bar:
         with Controller(args.store, config, progress=bar) as controller:  # refuses a store in use, before any worker starts
             if getattr(args, "baselines", False):
                 controller.evaluate_baselines()
-            with _executor(args, args.command) as (executor, in_flight):
+            with _executor(execution, args.command, args.store) as (executor, in_flight):
                 controller.run(executor, in_flight)
 
 
@@ -166,9 +166,10 @@ def _rerank(args: argparse.Namespace) -> int:
 
     SearchStore(args.store, read_only=True).close()  # a missing or foreign file is refused before anything starts
     settings = RerankSettings(args.k, args.seeds, args.steps_scale, tuple(args.baselines))
+    execution = _execution(args)
     with StoreLock(args.store), ProgressBar("re-rank", "training") as bar:
         store = SearchStore(args.store)
-        with _executor(args, "rerank") as (executor, in_flight):
+        with _executor(execution, "rerank", args.store) as (executor, in_flight):
             rows = rerank(store, settings, executor, in_flight, bar)
     table = format_table(rows, store.architecture_names())
     print(table)
@@ -201,9 +202,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     panel_options = data.get("panel") or {}
     panel = calibration_panel(int(panel_options.get("random_genomes", 4)), int(panel_options.get("seed", 0)))
     seeds = args.seeds or int(data.get("seeds", 2))
+    execution = _execution(args)
     with StoreLock(args.store), ProgressBar("calibrate", "training") as bar:
         store = SearchStore(args.store)
-        with _executor(args, "calibrate") as (executor, in_flight):
+        with _executor(execution, "calibrate", args.store) as (executor, in_flight):
             reference_row, rows = calibrate(store, reference, list(settings.values()), panel, seeds, executor, in_flight, bar)
     table = format_calibration(reference_row, rows)
     print(table)
@@ -221,8 +223,8 @@ def _ablate(args: argparse.Namespace) -> int:
     if args.budget is not None:
         config = replace(config, budget=args.budget)
     args.out.mkdir(parents=True, exist_ok=True)
-    args.store = args.out
-    with ProgressBar("ablate", "candidate") as bar, _executor(args, "ablate") as (executor, in_flight):
+    execution = _execution(args)
+    with ProgressBar("ablate", "candidate") as bar, _executor(execution, "ablate", args.out) as (executor, in_flight):
         results = ablate(config, args.seeds, args.out, tuple(args.arms), args.top, executor=executor, in_flight=in_flight,
                          progress=bar)
     table = format_ablation(results, args.top)

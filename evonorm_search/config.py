@@ -153,10 +153,5 @@ def execution_config(data: dict, source: str = "config") -> ExecutorConfig:
     return validated(ExecutorConfig, data.get("execution") or {}, f"{source}, execution")
 
 
-def checked_execution(config: ExecutorConfig, source: str = "execution") -> ExecutorConfig:
-    """``config`` (e.g. after command-line overrides) checked against its schema."""
-    return validated(ExecutorConfig, asdict(config), source)
-
-
-__all__ = ["ConfigError", "SearchConfig", "SearchFile", "checked_execution", "execution_config", "load_search_file",
+__all__ = ["ConfigError", "SearchConfig", "SearchFile", "execution_config", "load_search_file",
            "parse_search_file", "read_yaml", "validated"]

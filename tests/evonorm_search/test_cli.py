@@ -119,6 +119,7 @@ def test_user_errors_are_one_line_and_debug_keeps_the_traceback(tmp_path, capsys
         (["top", "--store", str(tmp_path / "missing.sqlite")], "no search store at"),
         (["resume", "--store", str(tmp_path / "missing.sqlite")], "no search store at"),
         (["top", "-k", "0", "--store", store], "argument -k: must be at least 1, got 0"),
+        (["run", "--store", store, "--workers", "-1"], "execution (config file and flags): workers: Input should be greater than or equal to 0"),
     ]
     for argv, message in cases:
         if "-k" in argv:  # argparse's own errors: usage and one line, exit code 2
