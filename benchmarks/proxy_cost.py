@@ -35,10 +35,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--layers", nargs="+", default=["BatchNormReLU"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--accelerator", default="cpu", help="Lightning's accelerator: cpu, cuda, auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = CIFAR10DataModule(args.data, batch_size=args.batch, val_fraction=0.2, heldout_fraction=0.2)
     data.setup()
+    print(f"accelerator {args.accelerator}, {args.threads} torch threads")
     print("| architecture | width | depth | batch | steps | layer | seconds | accuracy | load |")
     print("|---|---|---|---|---|---|---|---|---|")
     for width in args.widths:
@@ -46,7 +48,8 @@ def main() -> None:
             architecture = ArchitectureConfig(args.architecture, width, tuple(args.depth))
             start = time.perf_counter()
             torch.manual_seed(0)  # the initialization, as the search's evaluator seeds it
-            accuracy, nonfinite = train_and_validate(architecture.build(get_layer_class(layer)), data, args.steps, args.lr, 0)
+            accuracy, nonfinite = train_and_validate(architecture.build(get_layer_class(layer)), data, args.steps, args.lr, 0,
+                                                     args.accelerator)
             seconds = time.perf_counter() - start
             depth = "×".join(f"{d:g}" for d in args.depth)
             print(f"| {args.architecture} | {width:g} | {depth} | {args.batch} | {args.steps} | {layer} | {seconds:.1f} | "

@@ -64,8 +64,8 @@ def ablate(config: SearchConfig, seeds: int, folder: Path, arms: Sequence[str] =
     if unknown:
         raise ValueError(f"unknown ablation arms {unknown}; choose from {', '.join(ARMS)}")
     results = []
-    for arm in arms:
-        for seed in range(seeds):
+    for seed in range(seeds):  # seed-major: a run stopped part-way leaves every arm with the same seeds done
+        for arm in arms:
             path = folder / f"{arm}-seed{seed}.sqlite"
             with Controller(path, arm_config(config, arm, seed), evaluate_fn,
                             lambda done, total, status, a=arm, s=seed: progress(done, total, f"{a} seed {s}: {status}")) as controller:

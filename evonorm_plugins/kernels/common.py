@@ -205,7 +205,11 @@ def run_kernel(fn: Callable, mode: str, *args: Any) -> Any:
         shape_config = torch.fx.experimental._config
         duck_shape, shape_config.use_duck_shape = shape_config.use_duck_shape, False  # 4× cheaper than .patch
         try:
-            return compiled(*args)
+            # Parameters (v, γ, β) go in as plain tensors: torch specializes a parameter's sizes, which
+            # recompiled for every channel count of a network (a ResNet has 4–5) until the budget ran
+            # out. The kernels never record autograd (they run inside autograd Functions or without
+            # grad), so nothing is lost.
+            return compiled(*(a.detach() if isinstance(a, torch.nn.Parameter) else a for a in args))
         finally:
             shape_config.use_duck_shape = duck_shape
     except torch._dynamo.exc.BackendCompilerFailed as error:  # no C++ compiler / Triton: give up on the device
@@ -263,6 +267,11 @@ def group_moments(x4: Tensor) -> Tuple[Tensor, Tensor]:
         mean = mean_c.mean(dim=2, keepdim=True)
         spread = mean_c - mean
         return mean, (var_c + spread * spread).mean(dim=2, keepdim=True)
+    if torch.compiler.is_compiling():
+        # Inductor reduces var_mean in one pass too; native_group_norm takes C as a plain int, which
+        # would specialize the compiled kernel to one channel count (a recompile per layer width).
+        var, mean = torch.var_mean(x4, dim=(2, 3), keepdim=True, correction=0)
+        return mean, var
     _, mean, rstd = torch.native_group_norm(x4.reshape(n, g * cg, length), None, None, n, g * cg, length, g, 1e-30)
     return mean.view(n, g, 1, 1), rstd.pow(-2).view(n, g, 1, 1)
 

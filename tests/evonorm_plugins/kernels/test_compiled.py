@@ -83,6 +83,21 @@ def test_varying_sizes_compile_once(name, counting_backend, no_fallback_warning)
     assert counting_backend.frame_count == 5
 
 
+@pytest.mark.parametrize("name", ["B0", "S0"])
+def test_channel_counts_of_a_network_compile_once(name, counting_backend, no_fallback_warning):
+    """A ResNet's layers have 4–5 channel counts: one compile serves them all (parameters' sizes are
+    dynamic too), where each used to recompile until the budget ran out and the kernels fell back."""
+    for channels in (16, 32, 64, 128, 256, 512, 1024, 2048, 24, 40):
+        layer = ALL_LAYERS[name](channels, groups=8)
+        randomize_parameters(layer)
+        x, grad = torch.randn(2, channels, 5, 6) * 2, torch.randn(2, channels, 5, 6)
+        y, dx = forward_backward(layer, x, grad, "compiled")
+        y_ref, dx_ref = forward_backward(copy.deepcopy(layer), x, grad, "reference")
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-5)
+    assert counting_backend.frame_count == 2  # forward and backward, once for every channel count
+
+
 def test_backward_runs_in_the_mode_its_forward_ran_in(counting_backend):
     layer = ALL_LAYERS["S0"](16, groups=4)
     x = torch.randn(2, 16, 6, 6, requires_grad=True)
