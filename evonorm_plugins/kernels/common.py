@@ -270,8 +270,8 @@ def group_moments(x4: Tensor) -> Tuple[Tensor, Tensor]:
     if torch.compiler.is_compiling():
         # Inductor reduces var_mean in one pass too; native_group_norm takes C as a plain int, which
         # would specialize the compiled kernel to one channel count (a recompile per layer width).
-        var, mean = torch.var_mean(x4, dim=(2, 3), keepdim=True, correction=0)
-        return mean, var
+        var, mean = torch.var_mean(x4.reshape(n * g, cg * length), dim=1, correction=0)  # one contiguous row per group
+        return mean.view(n, g, 1, 1), var.view(n, g, 1, 1)
     _, mean, rstd = torch.native_group_norm(x4.reshape(n, g * cg, length), None, None, n, g * cg, length, g, 1e-30)
     return mean.view(n, g, 1, 1), rstd.pow(-2).view(n, g, 1, 1)
 
