@@ -254,9 +254,10 @@ def default_parameters(
 def group_moments(x4: Tensor) -> Tuple[Tensor, Tensor]:
     """Mean and biased variance over axes 2 and 3 of (N, G, C/G, L), each (N, G, 1, 1).
 
-    native_group_norm's moments kernel reads x once and is numerically careful (torch.var is several
-    times slower on CPU); its normalized output is discarded. The tiny ε keeps its inverse std finite
-    for constant groups, so the variance read back from it is exact to rounding.
+    Eager, native_group_norm's moments kernel reads x once and is numerically careful (torch.var is
+    several times slower on CPU); its normalized output is discarded. The tiny ε keeps its inverse std
+    finite for constant groups, so the variance read back from it is exact to rounding. Compiled,
+    var_mean takes its place (below).
     """
     n, g, cg, length = x4.shape
     if torch.compiler.is_compiling() and not x4.is_contiguous():
