@@ -1,7 +1,8 @@
 """The named layer registry every integration (timm, detectron2, mmcv, BigGAN) resolves names from.
 
 Pre-registered: the paper layers ``EvoNormB0 … EvoNormS2`` (hand-written classes, with their genomes
-attached) and the baselines ``BatchNormReLU``, ``BatchNormSiLU``, ``GroupNormReLU``, ``GroupNormSiLU``.
+attached), the baselines ``BatchNormReLU``, ``BatchNormSiLU``, ``GroupNormReLU``, ``GroupNormSiLU``, and
+the layers this project's searches found (``genomes/evolved/*.json``, by their names).
 Evolved layers come in as genomes::
 
     register_layer("MyLayer", Genome.load("my_layer.json"))
@@ -247,6 +248,11 @@ for _layer in (EvoNormB0, EvoNormB1, EvoNormB2, EvoNormS0, EvoNormS1, EvoNormS2)
     REGISTRY.register(_layer.__name__, _layer, genome=paper_genome(_layer.__name__))
 for _layer in (BatchNormReLU, BatchNormSiLU, GroupNormReLU, GroupNormSiLU):
     REGISTRY.register(_layer.__name__, _layer)
+EVOLVED_GENOMES = resources.files("evonorm_plugins") / "genomes" / "evolved"
+"""The layers this project's own searches found, shipped as genomes and registered by their names."""
+for _file in sorted((f for f in EVOLVED_GENOMES.iterdir() if f.name.endswith(".json")), key=lambda f: f.name):
+    _genome = Genome.from_json(_file.read_text(), source=str(_file))
+    REGISTRY.register(_genome.name or _file.name[:-5], _genome)
 
 __all__ = [
     "ENV_VAR",

@@ -107,6 +107,18 @@ def test_environment_variable_is_read_when_it_changes(tmp_path, monkeypatch, cle
     assert "EvolvedTanh" in ep.list_layers()
 
 
+def test_the_layers_our_searches_found_ship_registered():
+    files = sorted(f.name for f in registry.EVOLVED_GENOMES.iterdir() if f.name.endswith(".json"))
+    assert files == ["evolved_cpu0.json"]
+    assert ep.get_genome("EvolvedCPU0").formula() == "tanh(x)"  # the README's formula
+    layer = ep.get_layer("EvolvedCPU0", 6)
+    assert isinstance(layer, GraphNormAct) and type(layer).__name__ == "EvolvedCPU0"
+    with torch.no_grad():
+        layer.weight.fill_(2.0), layer.bias.fill_(0.5)
+    x = torch.randn(2, 6, 3, 3)
+    torch.testing.assert_close(layer(x), torch.tanh(x) * 2.0 + 0.5)
+
+
 def test_paper_genome_rejects_other_names():
     with pytest.raises(ValueError, match=r"'EvoNormS3' is not a paper layer"):
         ep.paper_genome("EvoNormS3")

@@ -108,3 +108,21 @@ def test_the_cpu_setting_is_full_depth_at_small_batch_with_promotions():
     assert not config.space.batch_dependent and config.evaluation.batch_size <= 16
     assert all(a.depth == (3, 4, 6, 3) for a in config.evaluation.architectures if a.name == "resnet50v2")
     assert config.fidelity.rungs >= 2 and config.evaluation.heldout_fraction > 0
+
+
+def test_the_cpu_calibration_trains_the_cpu_search_own_rungs_and_a_ten_times_longer_reference():
+    from evonorm_search.cli import load_config
+
+    search = load_config(ROOT / "configs" / "search" / "cpu.yaml")
+    data = yaml.safe_load((ROOT / "configs" / "search" / "calibration_cpu.yaml").read_text())
+    settings = {s.name: s.evaluation for s in read_settings(data, "calibration_cpu.yaml")}
+
+    def shape(evaluation):
+        archs = [(a.name, a.width, a.depth, a.steps, a.lr) for a in evaluation.architectures]
+        return archs, evaluation.batch_size, evaluation.val_fraction, evaluation.heldout_fraction, evaluation.split_seed
+
+    for rung in range(search.fidelity.rungs):
+        assert shape(settings[f"cpu_rung{rung}"]) == shape(search.fidelity.evaluation(search.evaluation, rung))
+    reference, = settings["reference_cpu"].architectures
+    rung0, = search.evaluation.architectures
+    assert (reference.name, reference.width, reference.depth, reference.steps) == (rung0.name, rung0.width, rung0.depth, 10 * rung0.steps)
