@@ -7,7 +7,10 @@ setting and under each candidate proxy setting, once per seed, without the rejec
 on the search-validation part. Per candidate setting this reports its cost (mean seconds to train one
 layer on all of its architectures, on this machine) and its rank agreement with the reference:
 Kendall τ and Spearman ρ (``scipy.stats``) between the setting's per-seed scores and the reference's
-scores averaged over its seeds, as mean ± std over the setting's seeds. A layer's score is its mean
+scores averaged over its seeds, as mean ± std over the setting's seeds; and Kendall τ over the
+reference's better half of the panel only, since layers that do not train at all (chance, non-finite)
+are easy to rank last and lift τ over the whole panel, while a search has to order the layers that
+train. A layer's score is its mean
 accuracy over the setting's architectures (settings may use different ones); a training that failed
 (non-finite loss) scores 0. With two or more seeds the reference also gets a row for its own
 seed-to-seed agreement: the ceiling a proxy can be expected to reach.
@@ -101,6 +104,7 @@ class Agreement:
     seconds_per_candidate: float
     kendall: Tuple[float, float]  # mean, std over seeds
     spearman: Tuple[float, float]
+    kendall_better_half: Tuple[float, float]  # over the reference's best ⌈n/2⌉ layers only
     seeds: int
     layer_scores: Dict[str, float]  # mean over seeds (and architectures) per panel layer
 
@@ -116,13 +120,14 @@ def calibrate(store: SearchStore, reference: Setting, candidates: Sequence[Setti
                  for s in settings for seed in range(seeds) for name, layer in panel.items()]
     run_trainings(store, trainings, executor, in_flight, progress)
     reference_runs = _runs(store, reference, panel, seeds)
-    target = [statistics.mean(reference_runs[name]) for name in panel]
-    reference_row = _agreement(store, reference, panel, reference_runs, _seed_pairs(reference_runs, panel))
+    target = {name: statistics.mean(reference_runs[name]) for name in panel}
+    better_half = sorted(panel, key=lambda name: -target[name])[: (len(panel) + 1) // 2]
+    reference_row = _agreement(store, reference, reference_runs, _seed_pairs(reference_runs), better_half)
     rows = []
     for setting in candidates:
         runs = _runs(store, setting, panel, seeds)
-        per_seed = [[runs[name][seed] for name in panel] for seed in range(seeds)]
-        rows.append(_agreement(store, setting, panel, runs, [(target, scores) for scores in per_seed]))
+        pairs = [({name: target[name] for name in panel}, {name: runs[name][seed] for name in panel}) for seed in range(seeds)]
+        rows.append(_agreement(store, setting, runs, pairs, better_half))
     return reference_row, rows
 
 
@@ -132,17 +137,24 @@ def _runs(store: SearchStore, setting: Setting, panel: Dict[str, Layer], seeds: 
     return {name: [scores[(name, seed)] for seed in range(seeds)] for name in panel}
 
 
-def _seed_pairs(runs: Dict[str, List[float]], panel: Dict[str, Layer]) -> List[Tuple[List[float], List[float]]]:
+Scores = Dict[str, float]  # panel layer -> score
+
+
+def _seed_pairs(runs: Dict[str, List[float]]) -> List[Tuple[Scores, Scores]]:
     seeds = len(next(iter(runs.values())))
-    return [([runs[n][a] for n in panel], [runs[n][b] for n in panel]) for a, b in itertools.combinations(range(seeds), 2)]
+    return [({n: r[a] for n, r in runs.items()}, {n: r[b] for n, r in runs.items()}) for a, b in itertools.combinations(range(seeds), 2)]
 
 
-def _agreement(store, setting, panel, runs, pairs) -> Agreement:
-    taus = [_finite(stats.kendalltau(a, b).statistic) for a, b in pairs]
-    rhos = [_finite(stats.spearmanr(a, b).statistic) for a, b in pairs]
-    times = [t.wall_time for t in store.trainings(setting.key()) if t.wall_time is not None and t.layer in panel]
-    return Agreement(setting, statistics.mean(times) if times else 0.0, _mean_std(taus), _mean_std(rhos), len(runs[next(iter(panel))]),
-                     {name: statistics.mean(values) for name, values in runs.items()})
+def _agreement(store: SearchStore, setting: Setting, runs: Dict[str, List[float]], pairs: List[Tuple[Scores, Scores]],
+               better_half: Sequence[str]) -> Agreement:
+    """τ and ρ over each pair of score vectors (whole panel), τ over the reference's better half, cost."""
+    def kendall(names):
+        return _mean_std([_finite(stats.kendalltau([a[n] for n in names], [b[n] for n in names]).statistic) for a, b in pairs])
+
+    rhos = [_finite(stats.spearmanr(list(a.values()), [b[n] for n in a]).statistic) for a, b in pairs]
+    times = [t.wall_time for t in store.trainings(setting.key()) if t.wall_time is not None and t.layer in runs]
+    return Agreement(setting, statistics.mean(times) if times else 0.0, kendall(list(runs)), _mean_std(rhos), kendall(better_half),
+                     len(next(iter(runs.values()))), {name: statistics.mean(values) for name, values in runs.items()})
 
 
 def _finite(value: float) -> float:
@@ -166,12 +178,12 @@ def _describe(evaluation: EvaluationConfig) -> str:
 
 def format_calibration(reference: Agreement, rows: Sequence[Agreement]) -> str:
     """Markdown: the agreement table, then every panel layer's score under every setting."""
-    lines = ["| setting | proxy | s/candidate | Kendall τ | Spearman ρ | seeds |", "|---|---|---|---|---|---|"]
+    lines = ["| setting | proxy | s/candidate | Kendall τ | Spearman ρ | Kendall τ, reference's better half | seeds |",
+             "|---|---|---|---|---|---|---|"]
     for row in [reference, *rows]:
         label = f"{row.setting.name} (reference, seed vs seed)" if row is reference else row.setting.name
-        tau = "-" if row.kendall[0] != row.kendall[0] else f"{row.kendall[0]:.2f} ± {row.kendall[1]:.2f}"
-        rho = "-" if row.spearman[0] != row.spearman[0] else f"{row.spearman[0]:.2f} ± {row.spearman[1]:.2f}"
-        lines.append(f"| {label} | {_describe(row.setting.evaluation)} | {row.seconds_per_candidate:.1f} | {tau} | {rho} | {row.seeds} |")
+        cells = ["-" if m != m else f"{m:.2f} ± {s:.2f}" for m, s in (row.kendall, row.spearman, row.kendall_better_half)]
+        lines.append(f"| {label} | {_describe(row.setting.evaluation)} | {row.seconds_per_candidate:.1f} | {' | '.join(cells)} | {row.seeds} |")
     names = list(reference.layer_scores)
     lines += ["", "| layer | " + " | ".join(r.setting.name for r in [reference, *rows]) + " |",
               "|---|" + "---|" * (len(rows) + 1)]

@@ -62,9 +62,11 @@ def test_rank_agreement_cost_and_resume(tmp_path, trainer):
     assert noisy_row.kendall[0] == pytest.approx((1.0 + 0.8) / 2)  # seed 1: one discordant pair of 10
     assert noisy_row.spearman[0] == pytest.approx((1.0 + 0.9) / 2)  # seed 1: ρ = 1 - 6·2/(5·24)
     assert ref_row.kendall == pytest.approx((1.0, 0.0))  # the reference agrees with itself across seeds
+    # over the reference's better half (A, B, C) only: D and E, swapped on seed 1, no longer count
+    assert noisy_row.kendall_better_half == pytest.approx((1.0, 0.0)) and reversed_row.kendall_better_half == pytest.approx((-1.0, 0.0))
     assert (ref_row.seconds_per_candidate, reversed_row.seconds_per_candidate) == (10.0, 1.0)
     table = format_calibration(ref_row, rows)
-    assert "| reversed | resnet50v2 w0.25 dfull 10 steps; batch 16 | 1.0 | -1.00 ± 0.00 | -1.00 ± 0.00 | 2 |" in table
+    assert "| reversed | resnet50v2 w0.25 dfull 10 steps; batch 16 | 1.0 | -1.00 ± 0.00 | -1.00 ± 0.00 | -1.00 ± 0.00 | 2 |" in table
     assert "| A | 0.900 | 0.100 | 0.900 |" in table
     trainer.clear()
     calibrate(store, reference, candidates, PANEL, seeds=2)
