@@ -297,6 +297,19 @@ def affine_output(x: Tensor, a: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     return out.to(x.dtype)
 
 
+def as_base(t: Tensor, shape: Sequence[int]) -> Tensor:
+    """``t`` viewed as ``shape`` (no copy), returned as a tensor of its own rather than a view.
+
+    A custom Function's output that is a view cannot be modified in place, and hosts such as
+    torchvision's ResNet add the residual to a norm's output in place. Where autograd records ``t``
+    (a double backward), a plain reshape keeps the graph.
+    """
+    view = t.reshape(shape)
+    if t.requires_grad or view._base is None:
+        return view
+    return t.new_empty(0).set_(t.untyped_storage(), view.storage_offset(), view.shape, view.stride())
+
+
 def per_input(t: Tensor, view: Tensor, x: Tensor) -> Tensor:
     """A small (N or 1, G or 1, C/G or 1, 1) tensor of the grouped view as (N or 1, C, 1, ...) against x.
 

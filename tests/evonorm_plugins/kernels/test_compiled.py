@@ -58,8 +58,14 @@ def forward_backward(layer, x, grad, mode):
     return y.detach(), x.grad
 
 
+# Compiled graphs per training step: the forward and the backward, which for the S-series is two (a pass
+# of reductions, then dx element-wise).
+GRAPHS_PER_STEP = {"B0": 2, "S0": 3}
+
+
 @pytest.mark.parametrize("name", ["B0", "S0"])
 def test_varying_sizes_compile_once(name, counting_backend, no_fallback_warning):
+    step = GRAPHS_PER_STEP[name]
     layer = ALL_LAYERS[name](16, groups=4)
     randomize_parameters(layer)
     counts = []
@@ -70,17 +76,17 @@ def test_varying_sizes_compile_once(name, counting_backend, no_fallback_warning)
         torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-5)
         counts.append(counting_backend.frame_count)
-    assert counts == [2] * len(DETECTRON2_SIZES)  # forward and backward, compiled once for all sizes
+    assert counts == [step] * len(DETECTRON2_SIZES)  # forward and backward, compiled once for all sizes
     # A batch of one is a specialization of its own (torch specializes sizes of 1): once more, then reused.
     for shape in [(1, 16, 9, 9), (1, 16, 12, 7)]:
         forward_backward(layer, torch.randn(shape), torch.randn(shape), "compiled")
         counts.append(counting_backend.frame_count)
-    assert counts[-2:] == [4, 4]
+    assert counts[-2:] == [2 * step, 2 * step]
     layer.eval()  # eval is a configuration of its own (the running variance replaces the batch's)
     with torch.no_grad(), F.kernel_mode("compiled"):
         for shape in DETECTRON2_SIZES:
             layer(torch.randn(shape))
-    assert counting_backend.frame_count == 5
+    assert counting_backend.frame_count == 2 * step + 1
 
 
 @pytest.mark.parametrize("name", ["B0", "S0"])
@@ -95,7 +101,7 @@ def test_channel_counts_of_a_network_compile_once(name, counting_backend, no_fal
         y_ref, dx_ref = forward_backward(copy.deepcopy(layer), x, grad, "reference")
         torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-5)
-    assert counting_backend.frame_count == 2  # forward and backward, once for every channel count
+    assert counting_backend.frame_count == GRAPHS_PER_STEP[name]  # once for every channel count
 
 
 def test_backward_runs_in_the_mode_its_forward_ran_in(counting_backend):
@@ -106,12 +112,12 @@ def test_backward_runs_in_the_mode_its_forward_ran_in(counting_backend):
     assert counting_backend.frame_count == 1
     with F.kernel_mode("eager"):
         y.sum().backward()
-    assert counting_backend.frame_count == 2  # the backward compiled although the mode is eager now
+    assert counting_backend.frame_count == 3  # the backward's two parts compiled although the mode is eager now
     with F.kernel_mode("eager"):
         y = layer(x)
     with F.kernel_mode("compiled"):
         y.sum().backward()
-    assert counting_backend.frame_count == 2  # an eager forward's backward stays eager
+    assert counting_backend.frame_count == 3  # an eager forward's backward stays eager
 
 
 def test_no_compiler_warns_once_and_runs_the_eager_kernels(monkeypatch):
@@ -348,8 +354,9 @@ def test_inductor_varying_sizes_and_channels_last(inductor, no_fallback_warning)
                 torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
                 torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-5)
                 assert y.is_contiguous(memory_format=memory_format)
-        # contiguous: forward and backward; channels_last: each in two parts (statistics, element-wise)
-        assert counter.frame_count == 2 + 4
+        # contiguous: the forward, the backward in two parts (reductions, then dx); channels_last: the
+        # forward in two parts as well (statistics per channel, then element-wise)
+        assert counter.frame_count == 3 + 4
     finally:
         common.BACKEND = original
         common.reset_compiled_kernels()
