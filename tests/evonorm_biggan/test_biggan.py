@@ -25,7 +25,11 @@ from evonorm_biggan import (  # noqa: E402
     truncated_z,
 )
 from evonorm_biggan.callbacks import SampleGrid  # noqa: E402
-from evonorm_biggan.data import BigGANDataModule, CIFAR10DataModule, ImageFolderDataModule  # noqa: E402
+from evonorm_biggan.data import (  # noqa: E402
+    BigGANDataModule,
+    CIFAR10DataModule,
+    ImageFolderDataModule,
+)
 from evonorm_biggan.ema import ema_update, standing_stats  # noqa: E402
 from evonorm_biggan.model import sn_linear_no_bias  # noqa: E402
 from evonorm_biggan.module import BigGANModule  # noqa: E402
