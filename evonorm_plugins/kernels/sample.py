@@ -191,7 +191,8 @@ class EvoNormSampleFunction(torch.autograd.Function):
                 (x, v, weight, bias), ctx.needs_input_grad[:4], dy,
             )
             return (*grads, None, None, None, None)
-        dy4, x4 = _view(dy.contiguous(memory_format=_memory_format(x)), groups), _view(x, groups)
+        dy = dy if dy.stride() == x.stride() else torch.empty_like(x, dtype=dy.dtype).copy_(dy)  # x's layout
+        dy4, x4 = _view(dy, groups), _view(x, groups)
         v4, weight4 = _view(v, r.shape[1]), _view(weight, r.shape[1])
         stat_groups = groups if channels_last(x) else None
         needs = ctx.needs_input_grad[1:4]
@@ -204,12 +205,6 @@ class EvoNormSampleFunction(torch.autograd.Function):
         return (dx.reshape(x.shape).to(x.dtype), *param_grads, None, None, None, None)
 
 
-def _memory_format(x: Tensor) -> torch.memory_format:
-    if not channels_last(x):
-        return torch.contiguous_format
-    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-
-
 def _forward(
     x: Tensor, variant: int, groups: int, v: Tensor, weight: Tensor, bias: Tensor, eps: float, apply_act: bool,
     mode: Optional[str] = None,
@@ -218,13 +213,9 @@ def _forward(
     to it in place, which autograd forbids on a view returned by a custom Function) and the statistics."""
     mode = mode or current_mode()
     x4 = _view(x, groups)
-    if channels_last(x):
-        mean, r = run_kernel(sample_statistics, mode, x4, variant, groups, eps)
-        params = (_view(v, 1), _view(weight, 1), _view(bias, 1))
-        y4, mean, r = run_kernel(sample_forward, mode, x4, *params, variant, eps, apply_act, mean, r)
-    else:
-        params = (_view(v, groups), _view(weight, groups), _view(bias, groups))
-        y4, mean, r = run_kernel(sample_forward, mode, x4, *params, variant, eps, apply_act)
+    params = tuple(_view(p, x4.shape[1]) for p in (v, weight, bias))
+    stats = run_kernel(sample_statistics, mode, x4, variant, groups, eps) if channels_last(x) else ()
+    y4, mean, r = run_kernel(sample_forward, mode, x4, *params, variant, eps, apply_act, *stats)
     return as_base(y4, x.shape), mean, r
 
 
