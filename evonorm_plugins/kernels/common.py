@@ -254,8 +254,9 @@ def default_parameters(
 def _two_pass_moments(t: Tensor, dim: int) -> Tuple[Tensor, Tensor]:
     """Mean and biased variance along ``dim`` (kept), for compiled kernels: the mean, then the mean
     square of the centred values. Inductor fuses the two reductions into one loop nest that reads each
-    row twice from cache; its one-pass Welford var_mean took 1.5× as long on CPU (16×128×32×32,
-    2026-12-01), and the centred second pass is as exact."""
+    row twice from cache; with its one-pass Welford var_mean instead, B0 ran at 1.44–1.46×
+    BatchNorm+ReLU where it runs at 1.26× (``benchmarks/layers.py``, README, 2026-12-01). The centred
+    second pass is as exact."""
     mean = t.mean(dim=dim, keepdim=True)
     centred = t - mean
     return mean, (centred * centred).mean(dim=dim, keepdim=True)
