@@ -126,7 +126,7 @@ def calibrate(store: SearchStore, reference: Setting, candidates: Sequence[Setti
     rows = []
     for setting in candidates:
         runs = _runs(store, setting, panel, seeds)
-        pairs = [({name: target[name] for name in panel}, {name: runs[name][seed] for name in panel}) for seed in range(seeds)]
+        pairs = [(target, {name: runs[name][seed] for name in panel}) for seed in range(seeds)]
         rows.append(_agreement(store, setting, runs, pairs, better_half))
     return reference_row, rows
 

@@ -59,7 +59,7 @@ def _group_stats(x4: Tensor, variant: int, eps: float) -> Tuple[Tensor, Tensor]:
     return mean, torch.rsqrt(var + eps)
 
 
-def _per_channel(stat: Tensor, channels: int) -> Tensor:
+def _repeat_per_channel(stat: Tensor, channels: int) -> Tensor:
     """A per-group statistic (N, G, 1, 1) repeated per channel, (N, 1, C, 1)."""
     n, g = stat.shape[0], stat.shape[1]
     return stat.expand(n, g, channels // g, 1).reshape(n, 1, channels, 1)
@@ -72,7 +72,7 @@ def sample_statistics(x4: Tensor, variant: int, groups: int, eps: float) -> Tupl
     tensor it is a vector load."""
     n, _, c, length = x4.shape
     mean, r = _group_stats(x4.to(compute_dtype(x4)).reshape(n, groups, c // groups, length), variant, eps)
-    return _per_channel(mean, c), _per_channel(r, c)
+    return _repeat_per_channel(mean, c), _repeat_per_channel(r, c)
 
 
 def _statistic_coefficient(dy_a: Tensor, gamma: Tensor, r: Tensor, length: int, groups: Optional[int]) -> Tensor:
@@ -84,7 +84,7 @@ def _statistic_coefficient(dy_a: Tensor, gamma: Tensor, r: Tensor, length: int, 
         d_r, count = t.sum(dim=2, keepdim=True), t.shape[2] * length
     else:
         n, c = t.shape[0], t.shape[2]
-        d_r = _per_channel(t.reshape(n, groups, c // groups, 1).sum(dim=2, keepdim=True), c)
+        d_r = _repeat_per_channel(t.reshape(n, groups, c // groups, 1).sum(dim=2, keepdim=True), c)
         count = c // groups * length
     return -0.5 * r ** 3 * d_r * (2.0 / count)
 
@@ -193,7 +193,7 @@ class EvoNormSampleFunction(torch.autograd.Function):
             return (*grads, None, None, None, None)
         dy = dy if dy.stride() == x.stride() else torch.empty_like(x, dtype=dy.dtype).copy_(dy)  # x's layout
         dy4, x4 = _view(dy, groups), _view(x, groups)
-        v4, weight4 = _view(v, r.shape[1]), _view(weight, r.shape[1])
+        v4, weight4 = _view(v, x4.shape[1]), _view(weight, x4.shape[1])
         stat_groups = groups if channels_last(x) else None
         needs = ctx.needs_input_grad[1:4]
         if ctx.mode == "compiled":
