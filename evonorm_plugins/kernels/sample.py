@@ -24,6 +24,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import native
 from .common import (
     as_base,
     channel_sums,
@@ -170,6 +171,11 @@ def sample_backward(
     return da.addcmul_(centred, coef), d_v, d_weight, d_bias
 
 
+def _runs_native(x: Tensor, mode: str) -> bool:
+    """Whether the ``"compiled"`` mode runs the hand-written CPU kernels for x (:mod:`.native`)."""
+    return mode == "compiled" and native.usable(x)
+
+
 class EvoNormSampleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, v: Tensor, weight: Tensor, bias: Tensor, variant: int, groups: int, eps: float, apply_act: bool) -> Tensor:  # type: ignore[override]
@@ -177,6 +183,7 @@ class EvoNormSampleFunction(torch.autograd.Function):
         ctx.save_for_backward(x, v, weight, mean, r)
         ctx.config = (variant, groups, apply_act)
         ctx.mode = current_mode()  # backward runs the kernels its forward ran
+        ctx.native = _runs_native(x, ctx.mode)
         ctx.bias, ctx.eps = bias, eps  # for a double backward only
         return y
 
@@ -191,11 +198,15 @@ class EvoNormSampleFunction(torch.autograd.Function):
                 (x, v, weight, bias), ctx.needs_input_grad[:4], dy,
             )
             return (*grads, None, None, None, None)
+        needs = ctx.needs_input_grad[1:4]
+        if ctx.native:
+            dx, *param_grads = native.sample_backward(dy, x, v, weight, mean, r, groups, apply_act)
+            param_grads = [g if needed else None for g, needed in zip(param_grads, needs)]
+            return (dx, *param_grads, None, None, None, None)
         dy = dy if dy.stride() == x.stride() else torch.empty_like(x, dtype=dy.dtype).copy_(dy)  # x's layout
         dy4, x4 = _view(dy, groups), _view(x, groups)
         v4, weight4 = _view(v, x4.shape[1]), _view(weight, x4.shape[1])
         stat_groups = groups if channels_last(x) else None
-        needs = ctx.needs_input_grad[1:4]
         if ctx.mode == "compiled":
             coef, *param_grads = run_kernel(sample_backward_sums, ctx.mode, dy4, x4, v4, weight4, r, stat_groups, apply_act, *needs)
             dx = run_kernel(sample_backward_dx, ctx.mode, dy4, x4, v4, weight4, mean, r, coef, apply_act)
@@ -212,6 +223,8 @@ def _forward(
     """Output (a base tensor of x's shape and layout: hosts such as torchvision's ResNet add the residual
     to it in place, which autograd forbids on a view returned by a custom Function) and the statistics."""
     mode = mode or current_mode()
+    if _runs_native(x, mode):
+        return native.sample_forward(x, v, weight, bias, groups, variant, eps, apply_act)
     x4 = _view(x, groups)
     params = tuple(_view(p, x4.shape[1]) for p in (v, weight, bias))
     stats = run_kernel(sample_statistics, mode, x4, variant, groups, eps) if channels_last(x) else ()

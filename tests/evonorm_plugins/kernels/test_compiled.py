@@ -6,6 +6,10 @@
 * channels_last inputs: same values, output and gradient stay channels_last;
 * whole models under ``torch.compile(fullgraph=True)``: no graph break, forward and backward as eager.
 
+On CPU the ``"compiled"`` mode runs the hand-written S-series kernels where they build
+(``test_native.py``); this module switches them off to cover the Inductor kernels that run everywhere
+else (GPU, or CPU without a build).
+
 Most tests compile with a counting ``aot_eager`` backend (dynamo and AOTAutograd as with Inductor, so
 the same guards and recompiles, without building C++): they are fast. Inductor itself is exercised by
 the tests that take the ``inductor`` fixture, which skip where no C++ compiler works.
@@ -23,12 +27,17 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 import evonorm_plugins as ep
 from evonorm_plugins import functional as F
-from evonorm_plugins.kernels import common
+from evonorm_plugins.kernels import common, native
 
 from support import ALL_LAYERS, randomize_parameters
 
 # Sizes a detectron2 model sees: batch 2, feature maps of differently sized images, square and not.
 DETECTRON2_SIZES = [(2, 16, 24, 40), (2, 16, 32, 24), (2, 16, 20, 36), (2, 16, 28, 28), (2, 16, 13, 21), (2, 16, 40, 40)]
+
+
+@pytest.fixture(autouse=True)
+def inductor_kernels_on_cpu(monkeypatch):
+    monkeypatch.setattr(native, "enabled", False)
 
 
 @pytest.fixture

@@ -1,0 +1,466 @@
+// EvoNorm-S0/S1/S2 forward and closed-form backward on CPU, hand-fused (see kernels/native.py).
+//
+// The spec is kernels/sample.py (same formulas, same notation); the test tying them is
+// tests/kernels/test_native.py. What a hand-written kernel does that Inductor's generated loops do not:
+//  * contiguous input: each group (C/G channels × L values, contiguous) is processed whole while it sits
+//    in L1/L2: statistics and output in one read of x from memory, and a backward that keeps σ(v·x)
+//    from its reduction pass for its dx pass in a per-thread scratch row (one σ per element instead of
+//    two, and x and dy read from memory once);
+//  * channels-last input (N, L, C): reductions vectorized across the contiguous channels, split over
+//    blocks of L for the threads and combined per instance.
+// Sums accumulate in vectors of the compute type, rows (and blocks) are combined in double.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#define CPU_CAPABILITY_AVX512
+#elif defined(__AVX2__) && defined(__FMA__)
+#define CPU_CAPABILITY_AVX2
+#endif
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+using at::vec::Vectorized;
+
+template <typename T>
+inline Vectorized<T> sigmoid(const Vectorized<T>& z) {
+  const Vectorized<T> one(T(1));
+  return one / (one + z.neg().exp());
+}
+
+// body(i, count) over [0, n) in vectors: full ones with the count a compile-time constant (a plain
+// load; a runtime count goes through a copy), then the tail.
+template <typename T, typename Body>
+inline void for_each_vector(int64_t n, const Body& body) {
+  constexpr int64_t size = Vectorized<T>::size();
+  int64_t i = 0;
+  for (; i + size <= n; i += size) body(i, size);
+  if (i < n) body(i, n - i);
+}
+
+// Sum of a row, vector lanes then a scalar combine in double.
+template <typename T>
+inline double row_sum(const T* x, int64_t n) {
+  using V = Vectorized<T>;
+  V acc(T(0));
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) acc += V::loadu(x + i);
+  double s = 0;
+  T lanes[V::size()];
+  acc.store(lanes);
+  for (int64_t k = 0; k < V::size(); ++k) s += lanes[k];
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+template <typename T>
+inline double row_centred_squares(const T* x, int64_t n, T mean) {
+  using V = Vectorized<T>;
+  V acc(T(0));
+  const V m(mean);
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) {
+    V d = V::loadu(x + i) - m;
+    acc = at::vec::fmadd(d, d, acc);
+  }
+  double s = 0;
+  T lanes[V::size()];
+  acc.store(lanes);
+  for (int64_t k = 0; k < V::size(); ++k) s += lanes[k];
+  for (; i < n; ++i) s += double(x[i] - mean) * double(x[i] - mean);
+  return s;
+}
+
+template <typename T>
+inline T reduce_lanes(const Vectorized<T>& acc) {
+  T lanes[Vectorized<T>::size()];
+  acc.store(lanes);
+  double s = 0;
+  for (int64_t k = 0; k < Vectorized<T>::size(); ++k) s += lanes[k];
+  return T(s);
+}
+
+// ---- forward ------------------------------------------------------------------------------------------
+// y = a·(r·γ) + β, a = x·σ(v·x) (or x), r = (var + ε)^-½ (S0, S1) or (μ(x²) + ε)^-½ (S2) per group.
+
+template <typename T>
+void forward_row(const T* x, T* y, int64_t n, T v, T scale, T shift, bool act) {
+  using V = Vectorized<T>;
+  const V vv(v), sc(scale), sh(shift);
+  for_each_vector<T>(n, [&](int64_t i, int64_t cnt) {
+    V xv = V::loadu(x + i, cnt);
+    at::vec::fmadd(act ? xv * sigmoid(xv * vv) : xv, sc, sh).store(y + i, cnt);
+  });
+}
+
+template <typename T>
+void forward_contiguous(const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean,
+                        Tensor& rstd, int64_t groups, int64_t variant, double eps, bool act) {
+  const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1), cg = C / groups;
+  const T* xp = x.const_data_ptr<T>();
+  const T *vp = v.const_data_ptr<T>(), *wp = w.const_data_ptr<T>(), *bp = b.const_data_ptr<T>();
+  T* yp = y.mutable_data_ptr<T>();
+  T *mp = mean.mutable_data_ptr<T>(), *rp = rstd.mutable_data_ptr<T>();
+  const int64_t M = cg * L;
+  at::parallel_for(0, N * groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t ng = begin; ng < end; ++ng) {
+      const int64_t g = ng % groups;
+      const T* xg = xp + ng * M;
+      double mu = row_sum(xg, M) / double(M);
+      double var = row_centred_squares(xg, M, T(mu)) / double(M);
+      double r;
+      if (variant == 2) {
+        r = 1.0 / std::sqrt(var + mu * mu + eps);
+        mu = 0.0;
+      } else {
+        r = 1.0 / std::sqrt(var + eps);
+      }
+      mp[ng] = T(mu);
+      rp[ng] = T(r);
+      for (int64_t k = 0; k < cg; ++k) {
+        const int64_t c = g * cg + k;
+        forward_row(xg + k * L, yp + ng * M + k * L, L, vp[c], T(r) * wp[c], bp[c], act);
+      }
+    }
+  });
+}
+
+// Channels-last (N, L, C): per-channel sums over blocks of L, shifted by the instance's first value of
+// the channel (one pass, accurate when the shift is near the mean), combined per group.
+constexpr int64_t kBlock = 256;
+
+template <typename T>
+void channel_block_moments(const T* x, int64_t rows, int64_t C, const T* shift, double* s1, double* s2) {
+  using V = Vectorized<T>;
+  std::vector<T> acc(2 * C, T(0));  // row by row, the running sums in an L1-resident block
+  T *a1 = acc.data(), *a2 = acc.data() + C;
+  for (int64_t l = 0; l < rows; ++l) {
+    for_each_vector<T>(C, [&](int64_t c, int64_t cnt) {
+      V d = V::loadu(x + l * C + c, cnt) - V::loadu(shift + c, cnt);
+      (V::loadu(a1 + c, cnt) + d).store(a1 + c, cnt);
+      at::vec::fmadd(d, d, V::loadu(a2 + c, cnt)).store(a2 + c, cnt);
+    });
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    s1[c] += a1[c];
+    s2[c] += a2[c];
+  }
+}
+
+// Per-instance group statistics of a channels-last input, mean and r per (N, G), from block sums.
+template <typename T>
+void channels_last_statistics(const T* xp, int64_t N, int64_t C, int64_t L, int64_t groups, int64_t variant,
+                              double eps, T* mp, T* rp) {
+  const int64_t blocks = (L + kBlock - 1) / kBlock, cg = C / groups;
+  std::vector<double> s1(N * blocks * C, 0.0), s2(N * blocks * C, 0.0);
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nb = begin; nb < end; ++nb) {
+      const int64_t n = nb / blocks, blk = nb % blocks, l0 = blk * kBlock, rows = std::min(kBlock, L - l0);
+      channel_block_moments(xp + (n * L + l0) * C, rows, C, xp + n * L * C, s1.data() + nb * C, s2.data() + nb * C);
+    }
+  });
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t g = 0; g < groups; ++g) {
+        // per channel: mean_c and M2_c (sum of squares about mean_c); per group by the parallel-axis rule
+        double sum_means = 0, sum_m2 = 0, sum_mean_sq = 0;
+        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+          double t1 = 0, t2 = 0;
+          for (int64_t blk = 0; blk < blocks; ++blk) {
+            t1 += s1[(n * blocks + blk) * C + c];
+            t2 += s2[(n * blocks + blk) * C + c];
+          }
+          const double mean_c = double(xp[n * L * C + c]) + t1 / double(L);
+          sum_m2 += t2 - t1 * t1 / double(L);
+          sum_means += mean_c;
+          sum_mean_sq += mean_c * mean_c;
+        }
+        const double mu = sum_means / double(cg);
+        const double var = std::max(0.0, (sum_m2 + double(L) * (sum_mean_sq - cg * mu * mu)) / double(cg * L));
+        if (variant == 2) {
+          mp[n * groups + g] = T(0);
+          rp[n * groups + g] = T(1.0 / std::sqrt(var + mu * mu + eps));
+        } else {
+          mp[n * groups + g] = T(mu);
+          rp[n * groups + g] = T(1.0 / std::sqrt(var + eps));
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void forward_channels_last(const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& b, Tensor& y,
+                           Tensor& mean, Tensor& rstd, int64_t groups, int64_t variant, double eps, bool act) {
+  using V = Vectorized<T>;
+  const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1), cg = C / groups;
+  const T* xp = x.const_data_ptr<T>();
+  T* yp = y.mutable_data_ptr<T>();
+  T *mp = mean.mutable_data_ptr<T>(), *rp = rstd.mutable_data_ptr<T>();
+  channels_last_statistics(xp, N, C, L, groups, variant, eps, mp, rp);
+  std::vector<T> scale(N * C);
+  const T *vp = v.const_data_ptr<T>(), *wp = w.const_data_ptr<T>(), *bp = b.const_data_ptr<T>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) scale[n * C + c] = rp[n * groups + c / cg] * wp[c];
+  const int64_t blocks = (L + kBlock - 1) / kBlock;
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nb = begin; nb < end; ++nb) {
+      const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+      const T* sc = scale.data() + n * C;
+      for (int64_t l = l0; l < l0 + rows; ++l) {
+        const T* xr = xp + (n * L + l) * C;
+        T* yr = yp + (n * L + l) * C;
+        for_each_vector<T>(C, [&](int64_t c, int64_t cnt) {
+          V xv = V::loadu(xr + c, cnt);
+          V a = act ? xv * sigmoid(xv * V::loadu(vp + c, cnt)) : xv;
+          at::vec::fmadd(a, V::loadu(sc + c, cnt), V::loadu(bp + c, cnt)).store(yr + c, cnt);
+        });
+      }
+    }
+  });
+}
+
+// ---- backward -----------------------------------------------------------------------------------------
+//   s = σ(v·x), a = x·s;  per channel sums Σdy·a, Σdy, Σdy·a·(1−s)·x
+//   coef = −r³·Σ_group γ·Σdy·a / M;  dx = dy·γ·r·s·(1 + v·x·(1−s)) + (x − μ)·coef
+
+template <typename T>
+struct RowSums {
+  T dy_a, dy, dv;
+};
+
+// Pass 1 over a row: the three sums, σ(v·x) kept in ``s_out``.
+template <typename T>
+RowSums<T> backward_row_sums(const T* dy, const T* x, T* s_out, int64_t n, T v, bool act) {
+  using V = Vectorized<T>;
+  const V vv(v), one(T(1));
+  V acc_a(T(0)), acc_dy(T(0)), acc_v(T(0));
+  for_each_vector<T>(n, [&](int64_t i, int64_t cnt) {  // partial loads fill with zeros: dy = 0 adds nothing
+    V xv = V::loadu(x + i, cnt), d = V::loadu(dy + i, cnt);
+    acc_dy += d;
+    if (act) {
+      V s = sigmoid(xv * vv);
+      s.store(s_out + i, cnt);
+      V da = d * xv * s;  // dy·a
+      acc_a += da;
+      acc_v = at::vec::fmadd(da * (one - s), xv, acc_v);
+    } else {
+      acc_a = at::vec::fmadd(d, xv, acc_a);
+    }
+  });
+  return {reduce_lanes(acc_a), reduce_lanes(acc_dy), reduce_lanes(acc_v)};
+}
+
+template <typename T>
+void backward_row_dx(const T* dy, const T* x, const T* s_in, T* dx, int64_t n, T v, T k, T mu, T coef, bool act) {
+  using V = Vectorized<T>;
+  const V vv(v), kk(k), mm(mu), cc(coef), one(T(1));
+  for_each_vector<T>(n, [&](int64_t i, int64_t cnt) {
+    V xv = V::loadu(x + i, cnt), d = V::loadu(dy + i, cnt) * kk;
+    if (act) {
+      V s = V::loadu(s_in + i, cnt);
+      d = d * (s * at::vec::fmadd(xv * vv, one - s, one));
+    }
+    at::vec::fmadd(xv - mm, cc, d).store(dx + i, cnt);
+  });
+}
+
+template <typename T>
+void backward_contiguous(const Tensor& dy, const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& mean,
+                         const Tensor& rstd, Tensor& dx, Tensor& partial, int64_t groups, bool act) {
+  const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1), cg = C / groups;
+  const int64_t M = cg * L;
+  const T *xp = x.const_data_ptr<T>(), *dyp = dy.const_data_ptr<T>();
+  const T *vp = v.const_data_ptr<T>(), *wp = w.const_data_ptr<T>();
+  const T *mp = mean.const_data_ptr<T>(), *rp = rstd.const_data_ptr<T>();
+  T* dxp = dx.mutable_data_ptr<T>();
+  T* pp = partial.mutable_data_ptr<T>();  // (3, N, C): Σdy·a·r, Σdy, Σdy·a·(1−s)·x·γ·r per instance
+  at::parallel_for(0, N * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(act ? M : 0);
+    for (int64_t ng = begin; ng < end; ++ng) {
+      const int64_t n = ng / groups, g = ng % groups;
+      const T r = rp[ng];
+      double d_r = 0;
+      for (int64_t k = 0; k < cg; ++k) {
+        const int64_t c = g * cg + k, off = ng * M + k * L;
+        RowSums<T> s = backward_row_sums(dyp + off, xp + off, scratch.data() + k * L, L, vp[c], act);
+        d_r += double(s.dy_a) * double(wp[c]);
+        pp[n * C + c] = s.dy_a * r;
+        pp[(N + n) * C + c] = s.dy;
+        pp[(2 * N + n) * C + c] = s.dv * wp[c] * r;
+      }
+      const T coef = T(-double(r) * double(r) * double(r) * d_r / double(M));
+      for (int64_t k = 0; k < cg; ++k) {
+        const int64_t c = g * cg + k, off = ng * M + k * L;
+        backward_row_dx(dyp + off, xp + off, scratch.data() + k * L, dxp + off, L, vp[c], wp[c] * r, mp[ng], coef, act);
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& mean,
+                            const Tensor& rstd, Tensor& dx, Tensor& partial, int64_t groups, bool act) {
+  using V = Vectorized<T>;
+  const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1), cg = C / groups;
+  const int64_t blocks = (L + kBlock - 1) / kBlock;
+  const T *xp = x.const_data_ptr<T>(), *dyp = dy.const_data_ptr<T>();
+  const T *vp = v.const_data_ptr<T>(), *wp = w.const_data_ptr<T>();
+  const T *mp = mean.const_data_ptr<T>(), *rp = rstd.const_data_ptr<T>();
+  T* dxp = dx.mutable_data_ptr<T>();
+  T* pp = partial.mutable_data_ptr<T>();
+  std::vector<double> sums(N * blocks * 3 * C, 0.0);  // per block: Σdy·a, Σdy, Σdy·a·(1−s)·x
+  // σ(v·x) from the reductions for dx: the statistic's coefficient needs the whole instance first, so the
+  // kept σ is full-size here (memory traffic costs less than a second σ).
+  Tensor s_buffer = at::empty({act ? x.numel() : 0}, x.options());
+  T* sp = s_buffer.mutable_data_ptr<T>();
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nb = begin; nb < end; ++nb) {
+      const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+      // row by row (each row's C values are contiguous), the running sums in an L1-resident block
+      std::vector<T> acc(3 * C, T(0));
+      T *acc_a = acc.data(), *acc_dy = acc.data() + C, *acc_v = acc.data() + 2 * C;
+      for (int64_t l = l0; l < l0 + rows; ++l) {
+        for_each_vector<T>(C, [&](int64_t c, int64_t cnt) {
+          const int64_t off = (n * L + l) * C + c;
+          const V one(T(1));
+          V xv = V::loadu(xp + off, cnt), d = V::loadu(dyp + off, cnt);
+          (V::loadu(acc_dy + c, cnt) + d).store(acc_dy + c, cnt);
+          if (act) {
+            V s = sigmoid(xv * V::loadu(vp + c, cnt));
+            s.store(sp + off, cnt);
+            V da = d * xv * s;
+            (V::loadu(acc_a + c, cnt) + da).store(acc_a + c, cnt);
+            at::vec::fmadd(da * (one - s), xv, V::loadu(acc_v + c, cnt)).store(acc_v + c, cnt);
+          } else {
+            at::vec::fmadd(d, xv, V::loadu(acc_a + c, cnt)).store(acc_a + c, cnt);
+          }
+        });
+      }
+      double* out = sums.data() + nb * 3 * C;
+      for (int64_t j = 0; j < 3 * C; ++j) out[j] = acc[j];
+    }
+  });
+  // per instance: channel sums, the partial parameter gradients, and per channel k = γ·r, μ, coef
+  std::vector<T> kvec(N * C), mvec(N * C), cvec(N * C);
+  for (int64_t n = 0; n < N; ++n) {
+    std::vector<double> dy_a(C, 0.0), dys(C, 0.0), dvs(C, 0.0);
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const double* s = sums.data() + (n * blocks + blk) * 3 * C;
+      for (int64_t c = 0; c < C; ++c) {
+        dy_a[c] += s[c];
+        dys[c] += s[C + c];
+        dvs[c] += s[2 * C + c];
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      const double r = rp[n * groups + g];
+      double d_r = 0;
+      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) d_r += dy_a[c] * double(wp[c]);
+      const T coef = T(-r * r * r * d_r / double(cg * L));
+      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+        pp[n * C + c] = T(dy_a[c] * r);
+        pp[(N + n) * C + c] = T(dys[c]);
+        pp[(2 * N + n) * C + c] = T(dvs[c] * double(wp[c]) * r);
+        kvec[n * C + c] = T(double(wp[c]) * r);
+        mvec[n * C + c] = mp[n * groups + g];
+        cvec[n * C + c] = coef;
+      }
+    }
+  }
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nb = begin; nb < end; ++nb) {
+      const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+      for (int64_t l = l0; l < l0 + rows; ++l) {
+        for_each_vector<T>(C, [&](int64_t c, int64_t cnt) {
+          const int64_t off = (n * L + l) * C + c;
+          const V one(T(1));
+          V xv = V::loadu(xp + off, cnt);
+          V d = V::loadu(dyp + off, cnt) * V::loadu(kvec.data() + n * C + c, cnt);
+          if (act) {
+            V s = V::loadu(sp + off, cnt);
+            d = d * (s * at::vec::fmadd(xv * V::loadu(vp + c, cnt), one - s, one));
+          }
+          at::vec::fmadd(xv - V::loadu(mvec.data() + n * C + c, cnt), V::loadu(cvec.data() + n * C + c, cnt), d)
+              .store(dxp + off, cnt);
+        });
+      }
+    }
+  });
+}
+
+// ---- operators ----------------------------------------------------------------------------------------
+
+bool is_channels_last(const Tensor& x) {
+  if (x.is_contiguous()) return false;
+  if (x.dim() == 4) return x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d);
+}
+
+void check(const Tensor& x, int64_t groups) {
+  TORCH_CHECK(x.device().is_cpu(), "evonorm sample kernels: CPU tensors only");
+  TORCH_CHECK(x.dim() >= 2 && groups > 0 && x.size(1) % groups == 0, "evonorm sample kernels: bad groups");
+  TORCH_CHECK(x.is_contiguous() || is_channels_last(x), "evonorm sample kernels: contiguous or channels-last input");
+}
+
+std::tuple<Tensor, Tensor, Tensor> sample_forward(const Tensor& x_in, const Tensor& v, const Tensor& w, const Tensor& b,
+                                                  int64_t groups, int64_t variant, double eps, bool act) {
+  check(x_in, groups);
+  const auto dtype = x_in.scalar_type();
+  const auto compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const auto layout = is_channels_last(x_in) ? x_in.suggest_memory_format() : at::MemoryFormat::Contiguous;
+  const Tensor x = x_in.to(compute);  // no copy for float32 and float64
+  const Tensor vc = v.to(compute).contiguous(), wc = w.to(compute).contiguous(), bc = b.to(compute).contiguous();
+  Tensor y = at::empty_like(x, x.options(), layout);
+  const int64_t N = x.size(0);
+  Tensor mean = at::empty({N, groups}, x.options()), rstd = at::empty({N, groups}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(compute, "evonorm_sample_forward", [&] {
+    if (layout == at::MemoryFormat::Contiguous)
+      forward_contiguous<scalar_t>(x, vc, wc, bc, y, mean, rstd, groups, variant, eps, act);
+    else
+      forward_channels_last<scalar_t>(x, vc, wc, bc, y, mean, rstd, groups, variant, eps, act);
+  });
+  return {y.to(dtype), mean, rstd};
+}
+
+// dx (x's dtype and layout) and the per-instance partial parameter gradients (3, N, C) in the compute
+// dtype, summed over N by the caller: dγ, dβ, dv.
+std::tuple<Tensor, Tensor> sample_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& v, const Tensor& w,
+                                           const Tensor& mean, const Tensor& rstd, int64_t groups, bool act) {
+  check(x_in, groups);
+  const auto dtype = x_in.scalar_type();
+  const auto compute = mean.scalar_type();
+  const bool cl = is_channels_last(x_in);
+  const auto layout = cl ? x_in.suggest_memory_format() : at::MemoryFormat::Contiguous;
+  const Tensor x = x_in.to(compute);
+  const Tensor dy = dy_in.to(compute).contiguous(layout);
+  const Tensor vc = v.to(compute).contiguous(), wc = w.to(compute).contiguous();
+  Tensor dx = at::empty_like(x, x.options(), layout);
+  Tensor partial = at::empty({3, x.size(0), x.size(1)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(compute, "evonorm_sample_backward", [&] {
+    if (cl)
+      backward_channels_last<scalar_t>(dy, x, vc, wc, mean, rstd, dx, partial, groups, act);
+    else
+      backward_contiguous<scalar_t>(dy, x, vc, wc, mean, rstd, dx, partial, groups, act);
+  });
+  return {dx.to(dtype), partial};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(evonorm_cpu, m) {
+  m.def("sample_forward(Tensor x, Tensor v, Tensor weight, Tensor bias, int groups, int variant, float eps, bool act) -> (Tensor, Tensor, Tensor)");
+  m.def("sample_backward(Tensor dy, Tensor x, Tensor v, Tensor weight, Tensor mean, Tensor rstd, int groups, bool act) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(evonorm_cpu, CPU, m) {
+  m.impl("sample_forward", &sample_forward);
+  m.impl("sample_backward", &sample_backward);
+}
