@@ -23,6 +23,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .common import KernelCompileWarning
+
 SOURCE = Path(__file__).with_name("csrc") / "sample_cpu.cpp"
 # ATen's own per-capability flags (ATen/native/cpu kernels are built once per capability the same way).
 _CAPABILITY_FLAGS = {
@@ -67,7 +69,8 @@ def _build() -> None:
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        from torch.utils import cpp_extension  # imports setuptools: only where a build is needed
+        # imports setuptools: only where a build is needed
+        from torch.utils import cpp_extension
     finally:
         logger.setLevel(level)
     cpp_extension.load(
@@ -93,8 +96,6 @@ def available() -> bool:
     except Exception as error:  # no compiler, no ninja, a read-only cache directory, ...
         text = str(error).strip().splitlines()
         _state["error"] = f"{type(error).__name__}: {text[-1] if text else ''}"
-        from .common import KernelCompileWarning  # late: common imports nothing of this module
-
         warnings.warn(
             f"evonorm_plugins: building the hand-written CPU kernels failed ({_state['error']}); the S-series "
             "runs Inductor's kernels on CPU instead (same results, slower). They need ninja and a C++ "

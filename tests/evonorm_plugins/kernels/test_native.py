@@ -1,0 +1,165 @@
+"""The hand-written S-series CPU kernels (``kernels/csrc/sample_cpu.cpp``, loaded by ``kernels/native.py``)
+against the float64 reference in every layout and shape class, and how the ``"compiled"`` mode uses them:
+no dynamo compile, the backward in the kernels its forward ran, lean saved tensors, a loud fallback to
+Inductor's kernels where the build fails. Skips where no C++ compiler builds them."""
+import copy
+import warnings
+
+import pytest
+import torch
+
+from evonorm_plugins import functional as F
+from evonorm_plugins.kernels import common, native
+
+from support import S_LAYERS, randomize_parameters
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", common.KernelCompileWarning)
+        if not native.available():
+            pytest.skip(f"the CPU kernels did not build here: {native._state.get('error')}")
+
+
+# Groups of several channels; C = groups (one channel per group); L with a vector tail (5×7); one value
+# per group (1×1, C = groups); N = 1; 3-D and 5-D inputs.
+SHAPES = [((3, 16, 5, 7), 4), ((2, 8, 4, 4), 8), ((3, 8, 1, 1), 8), ((1, 24, 9, 6), 3), ((2, 16, 11), 4), ((2, 8, 3, 4, 5), 2)]
+CASES = [(shape, groups, channels_last) for shape, groups in SHAPES for channels_last in (False, True)
+         if not (channels_last and len(shape) == 3)]  # 3-D tensors have no channels-last format
+
+
+def run(layer, x, grad, mode):
+    x = x.clone().requires_grad_()
+    with F.kernel_mode(mode):
+        y = layer(x)
+    y.backward(grad)
+    return y, x.grad, [p.grad for p in layer.parameters()]
+
+
+def make(name, channels, groups, apply_act, seed=0):
+    layer = S_LAYERS[name](channels, groups=groups, apply_act=apply_act)
+    randomize_parameters(layer, seed)
+    return layer
+
+
+@pytest.mark.parametrize("apply_act", [True, False], ids=["act", "no_act"])
+@pytest.mark.parametrize("shape,groups,channels_last", CASES)
+@pytest.mark.parametrize("name", sorted(S_LAYERS))
+def test_float32_matches_float64_reference(name, shape, groups, channels_last, apply_act):
+    torch.manual_seed(0)
+    layer = make(name, shape[1], groups, apply_act)
+    x, grad = torch.randn(shape) * 2 + 0.5, torch.randn(shape)
+    memory_format = torch.contiguous_format
+    if channels_last:
+        memory_format = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+        x, grad = x.to(memory_format=memory_format), grad.to(memory_format=memory_format)
+    y, dx, param_grads = run(layer, x, grad, "compiled")
+    y64, dx64, param_grads64 = run(copy.deepcopy(layer).double(), x.double(), grad.double(), "reference")
+    for got, expected in [(y, y64), (dx, dx64), *zip(param_grads, param_grads64)]:
+        scale = expected.abs().max().clamp(min=1.0)  # one-value groups: gradients of order 1/√ε
+        torch.testing.assert_close(got.double() / scale, expected / scale, rtol=1e-5, atol=1e-5)
+    assert y.is_contiguous(memory_format=memory_format) and dx.is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize("name", sorted(S_LAYERS))
+def test_float64_to_rounding_and_bfloat16(name):
+    layer = make(name, 16, 4, True)
+    x, grad = torch.randn(2, 16, 6, 5) * 2, torch.randn(2, 16, 6, 5)
+    y, dx, grads = run(copy.deepcopy(layer).double(), x.double(), grad.double(), "compiled")
+    y_ref, dx_ref, grads_ref = run(copy.deepcopy(layer).double(), x.double(), grad.double(), "reference")
+    for got, expected in [(y, y_ref), (dx, dx_ref), *zip(grads, grads_ref)]:
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    y, dx, _ = run(copy.deepcopy(layer), x.bfloat16(), grad.bfloat16(), "compiled")
+    y_ref, dx_ref, _ = run(copy.deepcopy(layer), x.bfloat16().float(), grad.bfloat16().float(), "reference")
+    assert y.dtype == dx.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref, rtol=1e-2, atol=1e-2)  # bf16 output rounding
+    torch.testing.assert_close(dx.float(), dx_ref, rtol=1e-2, atol=2e-2)
+
+
+def test_compiled_mode_runs_them_without_dynamo(monkeypatch):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    monkeypatch.setattr(common, "BACKEND", counter)
+    calls = []
+    forward = native.sample_forward
+    monkeypatch.setattr(native, "sample_forward", lambda *args: calls.append(1) or forward(*args))
+    layer = make("S0", 16, 4, True)
+    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    with F.kernel_mode("compiled"):
+        y = layer(x)
+        with torch.no_grad():
+            layer(x)
+    with F.kernel_mode("eager"):  # the backward runs the kernels its forward ran
+        y.sum().backward()
+    assert len(calls) == 2 and counter.frame_count == 0
+    with F.kernel_mode("eager"):
+        layer(x).sum().backward()
+    assert len(calls) == 2  # an eager forward stays eager
+
+
+def test_saves_only_the_input_and_returns_a_base_tensor():
+    layer = make("S0", 32, 8, True)
+    x = torch.randn(4, 32, 8, 8, requires_grad=True)
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with F.kernel_mode("compiled"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    v_and_weight = 2 * 32 * 4  # β is not needed
+    statistics = 2 * 4 * 8 * 4  # mean and r per (N, G)
+    assert sum(storages.values()) == x.numel() * 4 + v_and_weight + statistics
+    y += 1.0  # hosts such as torchvision's ResNet add the residual in place
+    y.sum().backward()
+    assert x.grad is not None
+
+
+def test_a_failed_build_warns_once_and_runs_inductor(monkeypatch):
+    def no_compiler():
+        raise RuntimeError("Error building extension 'evonorm_cpu': c++: not found")
+
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_build", no_compiler)
+    monkeypatch.setattr(common, "BACKEND", "aot_eager")
+    common.reset_compiled_kernels()
+    layer = make("S1", 8, 4, True)
+    x, grad = torch.randn(2, 8, 5, 5), torch.randn(2, 8, 5, 5)
+    try:
+        with pytest.warns(common.KernelCompileWarning, match="c\\+\\+: not found") as caught:
+            y, dx, _ = run(layer, x, grad, "compiled")
+        assert len(caught) == 1 and "Inductor" in str(caught[0].message)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once
+            y2, dx2, _ = run(layer, x, grad, "compiled")
+        y_ref, dx_ref, _ = run(layer, x, grad, "reference")
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-5)
+    finally:
+        common.reset_compiled_kernels()
+        torch._dynamo.reset()
+
+
+def test_build_key_names_source_torch_and_capability(tmp_path, monkeypatch):
+    """A cache shared by machines or torch versions never loads a library built for another."""
+    built = []
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(native.torch.ops, "load_library", lambda path: built.append(("load", path)))
+    from torch.utils import cpp_extension
+
+    def fake_load(name, build_directory, **kwargs):
+        built.append(("build", name))
+        (tmp_path / name / f"{name}.so").write_bytes(b"")
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    native._build()
+    native._build()  # found: loaded, not rebuilt
+    assert [kind for kind, _ in built] == ["build", "load"]
+    name = built[0][1]
+    assert name.startswith(f"evonorm_cpu_{native._capability().lower()}_")
+    monkeypatch.setattr(native.torch, "__version__", "0.0.0-other")
+    native._build()
+    assert built[-1][0] == "build" and built[-1][1] != name
