@@ -45,17 +45,24 @@ inline void for_each_vector(int64_t n, const Body& body) {
   if (i < n) body(i, n - i);
 }
 
-// Sum of a row, vector lanes then a scalar combine in double.
+// The lanes of an accumulator, added in double.
+template <typename T>
+inline double lane_sum(const Vectorized<T>& acc) {
+  T lanes[Vectorized<T>::size()];
+  acc.store(lanes);
+  double s = 0;
+  for (int64_t k = 0; k < Vectorized<T>::size(); ++k) s += lanes[k];
+  return s;
+}
+
+// Sum of a row: vector lanes, then their combine and the tail in double.
 template <typename T>
 inline double row_sum(const T* x, int64_t n) {
   using V = Vectorized<T>;
   V acc(T(0));
   int64_t i = 0;
   for (; i + V::size() <= n; i += V::size()) acc += V::loadu(x + i);
-  double s = 0;
-  T lanes[V::size()];
-  acc.store(lanes);
-  for (int64_t k = 0; k < V::size(); ++k) s += lanes[k];
+  double s = lane_sum(acc);
   for (; i < n; ++i) s += x[i];
   return s;
 }
@@ -70,21 +77,9 @@ inline double row_centred_squares(const T* x, int64_t n, T mean) {
     V d = V::loadu(x + i) - m;
     acc = at::vec::fmadd(d, d, acc);
   }
-  double s = 0;
-  T lanes[V::size()];
-  acc.store(lanes);
-  for (int64_t k = 0; k < V::size(); ++k) s += lanes[k];
+  double s = lane_sum(acc);
   for (; i < n; ++i) s += double(x[i] - mean) * double(x[i] - mean);
   return s;
-}
-
-template <typename T>
-inline T reduce_lanes(const Vectorized<T>& acc) {
-  T lanes[Vectorized<T>::size()];
-  acc.store(lanes);
-  double s = 0;
-  for (int64_t k = 0; k < Vectorized<T>::size(); ++k) s += lanes[k];
-  return T(s);
 }
 
 // ---- forward ------------------------------------------------------------------------------------------
@@ -255,7 +250,7 @@ RowSums<T> backward_row_sums(const T* dy, const T* x, T* s_out, int64_t n, T v, 
       acc_a = at::vec::fmadd(d, xv, acc_a);
     }
   });
-  return {reduce_lanes(acc_a), reduce_lanes(acc_dy), reduce_lanes(acc_v)};
+  return {T(lane_sum(acc_a)), T(lane_sum(acc_dy)), T(lane_sum(acc_v))};
 }
 
 template <typename T>
