@@ -6,10 +6,11 @@ backward reads x and dy twice and computes σ twice; σ is most of the arithmeti
 ``"compiled"`` kernel mode runs these kernels where they build, and Inductor's where they do not.
 
 The extension is built with ``torch.utils.cpp_extension.load`` (ninja and a C++ compiler) once per
-machine and CPU vector extension (AVX2, AVX-512, ...: each a build of its own, so a cache shared by
-different machines never loads code a CPU cannot run) and cached by torch in
-``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); processes that build at the same
-time wait for one another. Where building fails, one :class:`~.common.KernelCompileWarning` says why.
+source, torch, Python and CPU vector extension (AVX2, AVX-512, ...: each a build of its own, so a cache
+shared by different machines never loads code a CPU cannot run) into a directory named by that key
+under ``TORCH_EXTENSIONS_DIR`` (default ``$XDG_CACHE_HOME`` or ``~/.cache``, then
+``torch_extensions``); later processes load the library found there directly, and processes that
+build at the same time wait for one another (cpp_extension's lock). Where building fails, one :class:`~.common.KernelCompileWarning` says why.
 """
 import hashlib
 import logging
@@ -105,7 +106,6 @@ def available() -> bool:
         )
         return False
     return True
-
 
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)  # half types compute in float32
