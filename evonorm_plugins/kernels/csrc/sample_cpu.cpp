@@ -21,7 +21,9 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -29,19 +31,41 @@ namespace {
 using at::Tensor;
 using at::vec::Vectorized;
 
-template <typename T>
-inline Vectorized<T> sigmoid(const Vectorized<T>& z) {
-  const Vectorized<T> one(T(1));
+// σ(z) = 1/(1 + e^−z). Vectorized<float>::exp() calls Sleef_expf8_u10 out of line, and around a call
+// every vector register is saved and restored: a third of these kernels' time (single-threaded, AVX2).
+// Inlined here with the same algorithm (Sleef's xexpf, 1 ULP: reduction by ln 2 in two parts, a
+// degree-6 polynomial, scaling by 2^q). The argument is clamped to ±88, where e^−z is at most 2^±127,
+// one normal power of two: beyond, 1 + e^−z is 1 or σ is below 1e-38, an error under 1e-38 absolute.
+inline Vectorized<float> sigmoid(const Vectorized<float>& z) {
+  using V = Vectorized<float>;
+  using I = Vectorized<int32_t>;
+  const V d = at::vec::clamp(z.neg(), V(-88.0f), V(88.0f));  // NaN stays NaN
+  const V q = (d * V(1.442695040888963407359924681001892137f)).round();
+  V s = at::vec::fmadd(q, V(-0.693145751953125f), d);
+  s = at::vec::fmadd(q, V(-1.428606765330187045e-06f), s);
+  V u(0.000198527617612853646278381f);
+  u = at::vec::fmadd(u, s, V(0.00139304355252534151077271f));
+  u = at::vec::fmadd(u, s, V(0.00833336077630519866943359f));
+  u = at::vec::fmadd(u, s, V(0.0416664853692054748535156f));
+  u = at::vec::fmadd(u, s, V(0.166666671633720397949219f));
+  u = at::vec::fmadd(u, s, V(0.5f));
+  u = V(1.0f) + at::vec::fmadd(s * s, u, s);
+  const V two_q = at::vec::cast<float>((at::vec::convert_to_int_of_same_size(q) + I(127)) << I(23));
+  return V(1.0f) / at::vec::fmadd(u, two_q, V(1.0f));
+}
+
+inline Vectorized<double> sigmoid(const Vectorized<double>& z) {
+  const Vectorized<double> one(1.0);
   return one / (one + z.neg().exp());
 }
 
-// body(i, count) over [0, n) in vectors: full ones with the count a compile-time constant (a plain
-// load; a runtime count goes through a copy), then the tail.
+// body(i, count) over [0, n) in vectors: full ones with the count a compile-time constant (whatever the
+// inliner decides, a plain load and store; a runtime count goes through a copy), then the tail.
 template <typename T, typename Body>
 inline void for_each_vector(int64_t n, const Body& body) {
   constexpr int64_t size = Vectorized<T>::size();
   int64_t i = 0;
-  for (; i + size <= n; i += size) body(i, size);
+  for (; i + size <= n; i += size) body(i, std::integral_constant<int64_t, size>{});
   if (i < n) body(i, n - i);
 }
 
@@ -89,7 +113,7 @@ template <typename T>
 void forward_row(const T* x, T* y, int64_t n, T v, T scale, T shift, bool act) {
   using V = Vectorized<T>;
   const V vv(v), sc(scale), sh(shift);
-  for_each_vector<T>(n, [&](int64_t i, int64_t cnt) {
+  for_each_vector<T>(n, [&](int64_t i, auto cnt) {
     V xv = V::loadu(x + i, cnt);
     at::vec::fmadd(act ? xv * sigmoid(xv * vv) : xv, sc, sh).store(y + i, cnt);
   });
@@ -137,7 +161,7 @@ void channel_block_moments(const T* x, int64_t rows, int64_t C, const T* shift, 
   std::vector<T> acc(2 * C, T(0));  // row by row, the running sums in an L1-resident block
   T *a1 = acc.data(), *a2 = acc.data() + C;
   for (int64_t l = 0; l < rows; ++l) {
-    for_each_vector<T>(C, [&](int64_t c, int64_t cnt) {
+    for_each_vector<T>(C, [&](int64_t c, auto cnt) {
       V d = V::loadu(x + l * C + c, cnt) - V::loadu(shift + c, cnt);
       (V::loadu(a1 + c, cnt) + d).store(a1 + c, cnt);
       at::vec::fmadd(d, d, V::loadu(a2 + c, cnt)).store(a2 + c, cnt);
@@ -178,7 +202,8 @@ void channels_last_statistics(const T* xp, int64_t N, int64_t C, int64_t L, int6
           sum_mean_sq += mean_c * mean_c;
         }
         const double mu = sum_means / double(cg);
-        const double var = std::max(0.0, (sum_m2 + double(L) * (sum_mean_sq - cg * mu * mu)) / double(cg * L));
+        // clamped at 0 against rounding; a NaN stays NaN (std::max returns its first argument then)
+        const double var = std::max((sum_m2 + double(L) * (sum_mean_sq - cg * mu * mu)) / double(cg * L), 0.0);
         if (variant == 2) {
           mp[n * groups + g] = T(0);
           rp[n * groups + g] = T(1.0 / std::sqrt(var + mu * mu + eps));
@@ -191,34 +216,47 @@ void channels_last_statistics(const T* xp, int64_t N, int64_t C, int64_t L, int6
   });
 }
 
+// Channels-last work goes in chunks of whole instances, the fewest that give every thread a block:
+// a kernel's second pass then finds the chunk's values in cache (and a backward's kept σ needs a
+// chunk-sized buffer, reused, instead of a full-size one), and at::parallel_for hands each thread the
+// same blocks in both passes.
+template <typename Body>
+void for_each_chunk(int64_t N, int64_t blocks, const Body& body) {
+  static const int64_t mult = std::getenv("EVO_MULT") ? std::atoi(std::getenv("EVO_MULT")) : 1;
+  const int64_t per_chunk = std::min(N, std::max<int64_t>(1, (mult * at::get_num_threads() + blocks - 1) / blocks));
+  for (int64_t n0 = 0; n0 < N; n0 += per_chunk) body(n0, std::min(per_chunk, N - n0));
+}
+
 template <typename T>
 void forward_channels_last(const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& b, Tensor& y,
                            Tensor& mean, Tensor& rstd, int64_t groups, int64_t variant, double eps, bool act) {
   using V = Vectorized<T>;
   const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1), cg = C / groups;
-  const T* xp = x.const_data_ptr<T>();
+  const int64_t blocks = (L + kBlock - 1) / kBlock;
+  const T *xp = x.const_data_ptr<T>(), *vp = v.const_data_ptr<T>(), *wp = w.const_data_ptr<T>();
+  const T* bp = b.const_data_ptr<T>();
   T* yp = y.mutable_data_ptr<T>();
   T *mp = mean.mutable_data_ptr<T>(), *rp = rstd.mutable_data_ptr<T>();
-  channels_last_statistics(xp, N, C, L, groups, variant, eps, mp, rp);
   std::vector<T> scale(N * C);
-  const T *vp = v.const_data_ptr<T>(), *wp = w.const_data_ptr<T>(), *bp = b.const_data_ptr<T>();
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) scale[n * C + c] = rp[n * groups + c / cg] * wp[c];
-  const int64_t blocks = (L + kBlock - 1) / kBlock;
-  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t nb = begin; nb < end; ++nb) {
-      const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
-      const T* sc = scale.data() + n * C;
-      for (int64_t l = l0; l < l0 + rows; ++l) {
-        const T* xr = xp + (n * L + l) * C;
-        T* yr = yp + (n * L + l) * C;
-        for_each_vector<T>(C, [&](int64_t c, int64_t cnt) {
-          V xv = V::loadu(xr + c, cnt);
-          V a = act ? xv * sigmoid(xv * V::loadu(vp + c, cnt)) : xv;
-          at::vec::fmadd(a, V::loadu(sc + c, cnt), V::loadu(bp + c, cnt)).store(yr + c, cnt);
-        });
+  for_each_chunk(N, blocks, [&](int64_t n0, int64_t count) {
+    channels_last_statistics(xp + n0 * L * C, count, C, L, groups, variant, eps, mp + n0 * groups, rp + n0 * groups);
+    for (int64_t n = n0; n < n0 + count; ++n)
+      for (int64_t c = 0; c < C; ++c) scale[n * C + c] = rp[n * groups + c / cg] * wp[c];
+    at::parallel_for(n0 * blocks, (n0 + count) * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t nb = begin; nb < end; ++nb) {
+        const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+        const T* sc = scale.data() + n * C;
+        for (int64_t l = l0; l < l0 + rows; ++l) {
+          const T* xr = xp + (n * L + l) * C;
+          T* yr = yp + (n * L + l) * C;
+          for_each_vector<T>(C, [&](int64_t c, auto cnt) {
+            V xv = V::loadu(xr + c, cnt);
+            V a = act ? xv * sigmoid(xv * V::loadu(vp + c, cnt)) : xv;
+            at::vec::fmadd(a, V::loadu(sc + c, cnt), V::loadu(bp + c, cnt)).store(yr + c, cnt);
+          });
+        }
       }
-    }
+    });
   });
 }
 
@@ -237,7 +275,7 @@ RowSums<T> backward_row_sums(const T* dy, const T* x, T* s_out, int64_t n, T v, 
   using V = Vectorized<T>;
   const V vv(v), one(T(1));
   V acc_a(T(0)), acc_dy(T(0)), acc_v(T(0));
-  for_each_vector<T>(n, [&](int64_t i, int64_t cnt) {  // partial loads fill with zeros: dy = 0 adds nothing
+  for_each_vector<T>(n, [&](int64_t i, auto cnt) {  // partial loads fill with zeros: dy = 0 adds nothing
     V xv = V::loadu(x + i, cnt), d = V::loadu(dy + i, cnt);
     acc_dy += d;
     if (act) {
@@ -257,7 +295,7 @@ template <typename T>
 void backward_row_dx(const T* dy, const T* x, const T* s_in, T* dx, int64_t n, T v, T k, T mu, T coef, bool act) {
   using V = Vectorized<T>;
   const V vv(v), kk(k), mm(mu), cc(coef), one(T(1));
-  for_each_vector<T>(n, [&](int64_t i, int64_t cnt) {
+  for_each_vector<T>(n, [&](int64_t i, auto cnt) {
     V xv = V::loadu(x + i, cnt), d = V::loadu(dy + i, cnt) * kk;
     if (act) {
       V s = V::loadu(s_in + i, cnt);
@@ -310,84 +348,90 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
   const T *vp = v.const_data_ptr<T>(), *wp = w.const_data_ptr<T>();
   const T *mp = mean.const_data_ptr<T>(), *rp = rstd.const_data_ptr<T>();
   T* dxp = dx.mutable_data_ptr<T>();
-  T* pp = partial.mutable_data_ptr<T>();
-  std::vector<double> sums(N * blocks * 3 * C, 0.0);  // per block: Σdy·a, Σdy, Σdy·a·(1−s)·x
-  // σ(v·x) from the reductions for dx: the statistic's coefficient needs the whole instance first, so the
-  // kept σ is full-size here (memory traffic costs less than a second σ).
-  Tensor s_buffer = at::empty({act ? x.numel() : 0}, x.options());
-  T* sp = s_buffer.mutable_data_ptr<T>();
-  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t nb = begin; nb < end; ++nb) {
-      const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
-      // row by row (each row's C values are contiguous), the running sums in an L1-resident block
-      std::vector<T> acc(3 * C, T(0));
+  T* pp = partial.mutable_data_ptr<T>();  // (3, N, C) as in backward_contiguous
+  std::vector<double> sums;               // per block of the chunk: Σdy·a, Σdy, Σdy·a·(1−s)·x per channel
+  std::vector<T> s_kept;                  // σ(v·x) of the chunk, from the reductions for dx
+  std::vector<T> kvec(N * C), mvec(N * C), cvec(N * C);  // per instance and channel: γ·r, μ, coef
+  for_each_chunk(N, blocks, [&](int64_t n0, int64_t count) {
+    sums.assign(count * blocks * 3 * C, 0.0);
+    if (act) s_kept.resize(count * L * C);
+    at::parallel_for(n0 * blocks, (n0 + count) * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> acc(3 * C);  // row by row (each row's C values are contiguous), L1-resident sums
       T *acc_a = acc.data(), *acc_dy = acc.data() + C, *acc_v = acc.data() + 2 * C;
-      for (int64_t l = l0; l < l0 + rows; ++l) {
-        for_each_vector<T>(C, [&](int64_t c, int64_t cnt) {
-          const int64_t off = (n * L + l) * C + c;
-          const V one(T(1));
-          V xv = V::loadu(xp + off, cnt), d = V::loadu(dyp + off, cnt);
-          (V::loadu(acc_dy + c, cnt) + d).store(acc_dy + c, cnt);
-          if (act) {
-            V s = sigmoid(xv * V::loadu(vp + c, cnt));
-            s.store(sp + off, cnt);
-            V da = d * xv * s;
-            (V::loadu(acc_a + c, cnt) + da).store(acc_a + c, cnt);
-            at::vec::fmadd(da * (one - s), xv, V::loadu(acc_v + c, cnt)).store(acc_v + c, cnt);
-          } else {
-            at::vec::fmadd(d, xv, V::loadu(acc_a + c, cnt)).store(acc_a + c, cnt);
-          }
-        });
+      for (int64_t nb = begin; nb < end; ++nb) {
+        const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+        std::fill(acc.begin(), acc.end(), T(0));
+        for (int64_t l = l0; l < l0 + rows; ++l) {
+          const int64_t row = (n * L + l) * C;
+          T* sr = act ? s_kept.data() + row - n0 * L * C : nullptr;
+          for_each_vector<T>(C, [&](int64_t c, auto cnt) {
+            const V one(T(1));
+            V xv = V::loadu(xp + row + c, cnt), d = V::loadu(dyp + row + c, cnt);
+            (V::loadu(acc_dy + c, cnt) + d).store(acc_dy + c, cnt);
+            if (act) {
+              V s = sigmoid(xv * V::loadu(vp + c, cnt));
+              s.store(sr + c, cnt);
+              V da = d * xv * s;
+              (V::loadu(acc_a + c, cnt) + da).store(acc_a + c, cnt);
+              at::vec::fmadd(da * (one - s), xv, V::loadu(acc_v + c, cnt)).store(acc_v + c, cnt);
+            } else {
+              at::vec::fmadd(d, xv, V::loadu(acc_a + c, cnt)).store(acc_a + c, cnt);
+            }
+          });
+        }
+        double* out = sums.data() + (nb - n0 * blocks) * 3 * C;
+        for (int64_t j = 0; j < 3 * C; ++j) out[j] = acc[j];
       }
-      double* out = sums.data() + nb * 3 * C;
-      for (int64_t j = 0; j < 3 * C; ++j) out[j] = acc[j];
-    }
-  });
-  // per instance: channel sums, the partial parameter gradients, and per channel k = γ·r, μ, coef
-  std::vector<T> kvec(N * C), mvec(N * C), cvec(N * C);
-  for (int64_t n = 0; n < N; ++n) {
-    std::vector<double> dy_a(C, 0.0), dys(C, 0.0), dvs(C, 0.0);
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const double* s = sums.data() + (n * blocks + blk) * 3 * C;
-      for (int64_t c = 0; c < C; ++c) {
-        dy_a[c] += s[c];
-        dys[c] += s[C + c];
-        dvs[c] += s[2 * C + c];
+    });
+    // per instance: channel sums, the partial parameter gradients, and per channel γ·r, μ, coef
+    std::vector<double> dy_a(C), dys(C), dvs(C);
+    for (int64_t n = n0; n < n0 + count; ++n) {
+      std::fill(dy_a.begin(), dy_a.end(), 0.0);
+      std::fill(dys.begin(), dys.end(), 0.0);
+      std::fill(dvs.begin(), dvs.end(), 0.0);
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const double* s = sums.data() + ((n - n0) * blocks + blk) * 3 * C;
+        for (int64_t c = 0; c < C; ++c) {
+          dy_a[c] += s[c];
+          dys[c] += s[C + c];
+          dvs[c] += s[2 * C + c];
+        }
       }
-    }
-    for (int64_t g = 0; g < groups; ++g) {
-      const double r = rp[n * groups + g];
-      double d_r = 0;
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) d_r += dy_a[c] * double(wp[c]);
-      const T coef = T(-r * r * r * d_r / double(cg * L));
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-        pp[n * C + c] = T(dy_a[c] * r);
-        pp[(N + n) * C + c] = T(dys[c]);
-        pp[(2 * N + n) * C + c] = T(dvs[c] * double(wp[c]) * r);
-        kvec[n * C + c] = T(double(wp[c]) * r);
-        mvec[n * C + c] = mp[n * groups + g];
-        cvec[n * C + c] = coef;
-      }
-    }
-  }
-  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t nb = begin; nb < end; ++nb) {
-      const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
-      for (int64_t l = l0; l < l0 + rows; ++l) {
-        for_each_vector<T>(C, [&](int64_t c, int64_t cnt) {
-          const int64_t off = (n * L + l) * C + c;
-          const V one(T(1));
-          V xv = V::loadu(xp + off, cnt);
-          V d = V::loadu(dyp + off, cnt) * V::loadu(kvec.data() + n * C + c, cnt);
-          if (act) {
-            V s = V::loadu(sp + off, cnt);
-            d = d * (s * at::vec::fmadd(xv * V::loadu(vp + c, cnt), one - s, one));
-          }
-          at::vec::fmadd(xv - V::loadu(mvec.data() + n * C + c, cnt), V::loadu(cvec.data() + n * C + c, cnt), d)
-              .store(dxp + off, cnt);
-        });
+      for (int64_t g = 0; g < groups; ++g) {
+        const double r = rp[n * groups + g];
+        double d_r = 0;
+        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) d_r += dy_a[c] * double(wp[c]);
+        const T coef = T(-r * r * r * d_r / double(cg * L));
+        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+          pp[n * C + c] = T(dy_a[c] * r);
+          pp[(N + n) * C + c] = T(dys[c]);
+          pp[(2 * N + n) * C + c] = T(dvs[c] * double(wp[c]) * r);
+          kvec[n * C + c] = T(double(wp[c]) * r);
+          mvec[n * C + c] = mp[n * groups + g];
+          cvec[n * C + c] = coef;
+        }
       }
     }
+    at::parallel_for(n0 * blocks, (n0 + count) * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t nb = begin; nb < end; ++nb) {
+        const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+        const T *kn = kvec.data() + n * C, *mn = mvec.data() + n * C, *cn = cvec.data() + n * C;
+        for (int64_t l = l0; l < l0 + rows; ++l) {
+          const int64_t row = (n * L + l) * C;
+          const T* sr = act ? s_kept.data() + row - n0 * L * C : nullptr;
+          for_each_vector<T>(C, [&](int64_t c, auto cnt) {
+            const V one(T(1));
+            V xv = V::loadu(xp + row + c, cnt);
+            V d = V::loadu(dyp + row + c, cnt) * V::loadu(kn + c, cnt);
+            if (act) {
+              V s = V::loadu(sr + c, cnt);
+              d = d * (s * at::vec::fmadd(xv * V::loadu(vp + c, cnt), one - s, one));
+            }
+            at::vec::fmadd(xv - V::loadu(mn + c, cnt), V::loadu(cn + c, cnt), d).store(dxp + row + c, cnt);
+          });
+        }
+      }
+    });
   });
 }
 

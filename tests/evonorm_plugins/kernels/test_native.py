@@ -23,8 +23,10 @@ def built():
 
 
 # Groups of several channels; C = groups (one channel per group); L with a vector tail (5×7); one value
-# per group (1×1, C = groups); N = 1; 3-D and 5-D inputs.
-SHAPES = [((3, 16, 5, 7), 4), ((2, 8, 4, 4), 8), ((3, 8, 1, 1), 8), ((1, 24, 9, 6), 3), ((2, 16, 11), 4), ((2, 8, 3, 4, 5), 2)]
+# per group (1×1, C = groups); N = 1; 3-D and 5-D inputs; L over one channels-last block (256 rows) with
+# a tail.
+SHAPES = [((3, 16, 5, 7), 4), ((2, 8, 4, 4), 8), ((3, 8, 1, 1), 8), ((1, 24, 9, 6), 3), ((2, 16, 11), 4), ((2, 8, 3, 4, 5), 2),
+          ((3, 16, 17, 17), 4)]
 CASES = [(shape, groups, channels_last) for shape, groups in SHAPES for channels_last in (False, True)
          if not (channels_last and len(shape) == 3)]  # 3-D tensors have no channels-last format
 
@@ -75,6 +77,27 @@ def test_float64_to_rounding_and_bfloat16(name):
     assert y.dtype == dx.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), y_ref, rtol=1e-2, atol=1e-2)  # bf16 output rounding
     torch.testing.assert_close(dx.float(), dx_ref, rtol=1e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_inlined_sigmoid_far_out_and_nan(channels_last):
+    """σ's inlined exp clamps its argument at ±88: with v·x out to ±600 outputs and gradients still match
+    float64, and a NaN stays in its own group."""
+    layer = make("S0", 16, 4, True)
+    with torch.no_grad():
+        layer.v.copy_(torch.linspace(-100.0, 100.0, 16))
+    x, grad = torch.randn(2, 16, 6, 5) * 3, torch.randn(2, 16, 6, 5)
+    if channels_last:
+        x, grad = x.to(memory_format=torch.channels_last), grad.to(memory_format=torch.channels_last)
+    y, dx, grads = run(layer, x, grad, "compiled")
+    y64, dx64, grads64 = run(copy.deepcopy(layer).double(), x.double(), grad.double(), "reference")
+    for got, expected in [(y, y64), (dx, dx64), *zip(grads, grads64)]:
+        scale = expected.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(got.double() / scale, expected / scale, rtol=1e-5, atol=1e-5)
+    x[1, 0, 2, 2] = float("nan")
+    y, dx, _ = run(layer, x, grad, "compiled")
+    assert y[1, :4].isnan().all() and dx[1, :4].isnan().all()  # group 0 of instance 1
+    assert not y[0].isnan().any() and not y[1, 4:].isnan().any() and not dx[1, 4:].isnan().any()
 
 
 def test_compiled_mode_runs_them_without_dynamo(monkeypatch):
