@@ -7,7 +7,10 @@
 //    from its reduction pass for its dx pass in a per-thread scratch row (one σ per element instead of
 //    two, and x and dy read from memory once);
 //  * channels-last input (N, L, C): reductions vectorized across the contiguous channels, split over
-//    blocks of L for the threads and combined per instance.
+//    blocks of L for the threads and combined per instance; a statistic then needs a whole instance
+//    before its second pass, so the backward computes σ(v·x) again there (inlined, it costs less than
+//    writing and reading it back);
+//  * σ itself with its exp inlined (see sigmoid).
 // Sums accumulate in vectors of the compute type, rows (and blocks) are combined in double.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
 #define CPU_CAPABILITY_AVX512
@@ -216,10 +219,9 @@ void channels_last_statistics(const T* xp, int64_t N, int64_t C, int64_t L, int6
   });
 }
 
-// Channels-last work goes in chunks of whole instances, the fewest that give every thread a block:
-// a kernel's second pass then finds the chunk's values in cache (and a backward's kept σ needs a
-// chunk-sized buffer, reused, instead of a full-size one), and at::parallel_for hands each thread the
-// same blocks in both passes.
+// Channels-last work goes in chunks of whole instances, the fewest that give every thread a block: a
+// kernel's second pass then finds the chunk's values in cache (at::parallel_for hands each thread the
+// same blocks in both passes).
 template <typename Body>
 void for_each_chunk(int64_t N, int64_t blocks, const Body& body) {
   static const int64_t mult = std::getenv("EVO_MULT") ? std::atoi(std::getenv("EVO_MULT")) : 1;
@@ -350,11 +352,9 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
   T* dxp = dx.mutable_data_ptr<T>();
   T* pp = partial.mutable_data_ptr<T>();  // (3, N, C) as in backward_contiguous
   std::vector<double> sums;               // per block of the chunk: Σdy·a, Σdy, Σdy·a·(1−s)·x per channel
-  std::vector<T> s_kept;                  // σ(v·x) of the chunk, from the reductions for dx
   std::vector<T> kvec(N * C), mvec(N * C), cvec(N * C);  // per instance and channel: γ·r, μ, coef
   for_each_chunk(N, blocks, [&](int64_t n0, int64_t count) {
     sums.assign(count * blocks * 3 * C, 0.0);
-    if (act) s_kept.resize(count * L * C);
     at::parallel_for(n0 * blocks, (n0 + count) * blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> acc(3 * C);  // row by row (each row's C values are contiguous), L1-resident sums
       T *acc_a = acc.data(), *acc_dy = acc.data() + C, *acc_v = acc.data() + 2 * C;
@@ -363,14 +363,12 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
         std::fill(acc.begin(), acc.end(), T(0));
         for (int64_t l = l0; l < l0 + rows; ++l) {
           const int64_t row = (n * L + l) * C;
-          T* sr = act ? s_kept.data() + row - n0 * L * C : nullptr;
           for_each_vector<T>(C, [&](int64_t c, auto cnt) {
             const V one(T(1));
             V xv = V::loadu(xp + row + c, cnt), d = V::loadu(dyp + row + c, cnt);
             (V::loadu(acc_dy + c, cnt) + d).store(acc_dy + c, cnt);
             if (act) {
               V s = sigmoid(xv * V::loadu(vp + c, cnt));
-              s.store(sr + c, cnt);
               V da = d * xv * s;
               (V::loadu(acc_a + c, cnt) + da).store(acc_a + c, cnt);
               at::vec::fmadd(da * (one - s), xv, V::loadu(acc_v + c, cnt)).store(acc_v + c, cnt);
@@ -418,14 +416,13 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
         const T *kn = kvec.data() + n * C, *mn = mvec.data() + n * C, *cn = cvec.data() + n * C;
         for (int64_t l = l0; l < l0 + rows; ++l) {
           const int64_t row = (n * L + l) * C;
-          const T* sr = act ? s_kept.data() + row - n0 * L * C : nullptr;
           for_each_vector<T>(C, [&](int64_t c, auto cnt) {
             const V one(T(1));
             V xv = V::loadu(xp + row + c, cnt);
             V d = V::loadu(dyp + row + c, cnt) * V::loadu(kn + c, cnt);
             if (act) {
-              V s = V::loadu(sr + c, cnt);
-              d = d * (s * at::vec::fmadd(xv * V::loadu(vp + c, cnt), one - s, one));
+              V vx = xv * V::loadu(vp + c, cnt), s = sigmoid(vx);
+              d = d * (s * at::vec::fmadd(vx, one - s, one));
             }
             at::vec::fmadd(xv - V::loadu(mn + c, cnt), V::loadu(cn + c, cnt), d).store(dxp + row + c, cnt);
           });
