@@ -24,7 +24,6 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -224,8 +223,7 @@ void channels_last_statistics(const T* xp, int64_t N, int64_t C, int64_t L, int6
 // same blocks in both passes).
 template <typename Body>
 void for_each_chunk(int64_t N, int64_t blocks, const Body& body) {
-  static const int64_t mult = std::getenv("EVO_MULT") ? std::atoi(std::getenv("EVO_MULT")) : 1;
-  const int64_t per_chunk = std::min(N, std::max<int64_t>(1, (mult * at::get_num_threads() + blocks - 1) / blocks));
+  const int64_t per_chunk = std::min(N, std::max<int64_t>(1, (at::get_num_threads() + blocks - 1) / blocks));
   for (int64_t n0 = 0; n0 < N; n0 += per_chunk) body(n0, std::min(per_chunk, N - n0));
 }
 
