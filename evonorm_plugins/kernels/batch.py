@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import native
 from .common import (
     affine_output,
     channel_sums,
@@ -186,13 +187,23 @@ def batch_backward(
     return dx, d_v, d_weight, d_bias
 
 
+def _forward(
+    x: Tensor, variant: int, v: Tensor, weight: Tensor, bias: Tensor, left_var: Optional[Tensor], eps: float, apply_act: bool, mode: str
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`batch_forward` in ``mode``'s kernels: the hand-written CPU ones (:mod:`.native`) or these."""
+    if native.runs(x, mode):
+        return native.batch_forward(x, v, weight, bias, left_var, variant, eps, apply_act)
+    return run_kernel(batch_forward, mode, x, variant, v, weight, bias, left_var, eps, apply_act)
+
+
 class EvoNormBatchFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, v: Tensor, weight: Tensor, bias: Tensor, left_var: Optional[Tensor], variant: int, eps: float, apply_act: bool):  # type: ignore[override]
-        y, batch_var, batch_mean, left, inst_mean, inst = run_kernel(batch_forward, current_mode(), x, variant, v, weight, bias, left_var, eps, apply_act)
+        ctx.mode = current_mode()  # backward runs the kernels its forward ran
+        ctx.native = native.runs(x, ctx.mode)
+        y, batch_var, batch_mean, left, inst_mean, inst = _forward(x, variant, v, weight, bias, left_var, eps, apply_act, ctx.mode)
         ctx.save_for_backward(x, v, weight, batch_mean, left, inst_mean, inst)
         ctx.config = (variant, apply_act, left_var is None)
-        ctx.mode = current_mode()  # backward runs the kernels its forward ran
         ctx.bias, ctx.left_var, ctx.eps = bias, left_var, eps  # for a double backward only
         ctx.mark_non_differentiable(batch_var)
         return y, batch_var
@@ -208,6 +219,10 @@ class EvoNormBatchFunction(torch.autograd.Function):
                 (x, v, weight, bias), ctx.needs_input_grad[:4], dy,
             )
             return (*grads, None, None, None, None)
+        if ctx.native:
+            grads = native.batch_backward(dy, x, v, weight, batch_mean, left, inst_mean, inst, variant, apply_act, batch_statistics)
+            needs = ctx.needs_input_grad[1:4]
+            return (grads[0], *(g if needed else None for g, needed in zip(grads[1:], needs)), None, None, None, None)
         grads = run_kernel(
             batch_backward, ctx.mode, dy, x, v, weight, batch_mean, left, inst_mean, inst, variant, apply_act, batch_statistics, *ctx.needs_input_grad[1:4]
         )
@@ -228,5 +243,5 @@ def evonorm_batch_fused(
     v_t, w_t, b_t, record = default_parameters(x, v, weight, bias)
     if record:
         return EvoNormBatchFunction.apply(kernel_layout(x), v_t, w_t, b_t, left_var, variant, eps, apply_act)
-    y, batch_var = run_kernel(batch_forward, current_mode(), kernel_layout(x), variant, v_t, w_t, b_t, left_var, eps, apply_act)[:2]
+    y, batch_var = _forward(kernel_layout(x), variant, v_t, w_t, b_t, left_var, eps, apply_act, current_mode())[:2]
     return y, batch_var

@@ -1,8 +1,10 @@
-"""Hand-written C++ kernels for the S-series on CPU (``csrc/sample_cpu.cpp``), built on first use.
+"""Hand-written C++ kernels for the S- and B-series on CPU (``csrc/sample_cpu.cpp``,
+``csrc/batch_cpu.cpp``), built on first use.
 
-Why not Inductor's loops: a hand-fused kernel processes each group while it sits in cache, so x is read
-from memory once in the forward and σ(v·x) is computed once in the backward (Inductor's generated
-backward reads x and dy twice and computes σ twice; σ is most of the arithmetic). On CPU the
+Why not Inductor's loops: a hand-fused kernel processes each group (S-series) or channel (B-series)
+while it sits in cache, so x is read from memory once in the forward and σ(v·x) is computed once in the
+backward (Inductor's generated backward reads x and dy twice and computes σ twice; σ is most of the
+S-series' arithmetic). On CPU the
 ``"compiled"`` kernel mode runs these kernels where they build, and Inductor's where they do not.
 
 The extension is built with ``torch.utils.cpp_extension.load`` (ninja and a C++ compiler) once per
@@ -26,7 +28,9 @@ from torch import Tensor
 
 from .common import KernelCompileWarning
 
-SOURCE = Path(__file__).with_name("csrc") / "sample_cpu.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "sample_cpu.cpp", CSRC / "batch_cpu.cpp")
+HEADERS = (CSRC / "cpu_common.h",)
 # ATen's own per-capability flags (ATen/native/cpu kernels are built once per capability the same way).
 _CAPABILITY_FLAGS = {
     "AVX2": ["-mavx2", "-mfma", "-mf16c"],
@@ -49,7 +53,8 @@ def _build() -> None:
     capability = _capability()
     flags = ["-O3", "-fopenmp", *_CAPABILITY_FLAGS.get(capability, [])]
     identity = repr((flags, torch.__version__, sys.version_info[:2])).encode()
-    name = f"evonorm_cpu_{capability.lower()}_{hashlib.sha256(SOURCE.read_bytes() + identity).hexdigest()[:12]}"
+    code = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
+    name = f"evonorm_cpu_{capability.lower()}_{hashlib.sha256(code + identity).hexdigest()[:12]}"
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     directory = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(cache) / "torch_extensions") / name
     library = directory / f"{name}.so"
@@ -76,7 +81,8 @@ def _build() -> None:
         logger.setLevel(level)
     cpp_extension.load(
         name=name,
-        sources=[str(SOURCE)],
+        sources=[str(path) for path in SOURCES],
+        extra_include_paths=[str(CSRC)],
         extra_cflags=flags,
         extra_ldflags=["-fopenmp"],
         build_directory=str(directory),
@@ -98,8 +104,8 @@ def available() -> bool:
         text = str(error).strip().splitlines()
         _state["error"] = f"{type(error).__name__}: {text[-1] if text else ''}"
         warnings.warn(
-            f"evonorm_plugins: building the hand-written CPU kernels failed ({_state['error']}); the S-series "
-            "runs Inductor's kernels on CPU instead (same results, slower). They need ninja and a C++ "
+            f"evonorm_plugins: building the hand-written CPU kernels failed ({_state['error']}); the EvoNorms "
+            "run Inductor's kernels on CPU instead (same results, slower). They need ninja and a C++ "
             "compiler; EVONORM_NATIVE_VERBOSE=1 shows the build.",
             KernelCompileWarning,
             stacklevel=3,
@@ -114,6 +120,11 @@ _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)  # half 
 def usable(x: Tensor) -> bool:
     """Whether x's layer runs the hand-written kernels: a CPU tensor in a dtype they take."""
     return enabled and x.device.type == "cpu" and x.dtype in _DTYPES and available()
+
+
+def runs(x: Tensor, mode: str) -> bool:
+    """Whether the kernel mode ``mode`` runs the hand-written kernels for x: ``"compiled"`` where usable."""
+    return mode == "compiled" and usable(x)
 
 
 def sample_forward(
@@ -131,3 +142,25 @@ def sample_backward(
     dx, partial = _state["ops"].sample_backward(dy, x, v, weight, mean, r, groups, apply_act)
     d_weight, d_bias, d_v = partial.sum(dim=1).unbind(0)
     return dx, d_v.to(v.dtype) if apply_act else None, d_weight.to(weight.dtype), d_bias.to(weight.dtype)
+
+
+def batch_forward(
+    x: Tensor, v: Tensor, weight: Tensor, bias: Tensor, left_var: Optional[Tensor], variant: int, eps: float, apply_act: bool
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """As :func:`.batch.batch_forward`: output (x's shape, dtype and memory format), batch variance (C,),
+    and the statistics backward needs, batch mean and left (1, 1, C, 1), instance mean and statistic
+    (N, 1, C, 1)."""
+    y, batch_var, batch_mean, left, inst_mean, inst = _state["ops"].batch_forward(x, v, weight, bias, left_var, variant, eps, apply_act)
+    n, c = x.shape[0], x.shape[1]
+    return y, batch_var, batch_mean.view(1, 1, c, 1), left.view(1, 1, c, 1), inst_mean.view(n, 1, c, 1), inst.view(n, 1, c, 1)
+
+
+def batch_backward(
+    dy: Tensor, x: Tensor, v: Tensor, weight: Tensor, batch_mean: Tensor, left: Tensor, inst_mean: Tensor, inst: Tensor,
+    variant: int, apply_act: bool, batch_statistics: bool,
+) -> Tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
+    """dx (x's dtype and memory format), dv (``None`` but for B0 with the activation), dγ, dβ."""
+    dx, grads = _state["ops"].batch_backward(dy, x, v, weight, batch_mean, left, inst_mean, inst, variant, apply_act, batch_statistics)
+    d_weight, d_bias, d_v = grads.unbind(0)
+    d_v = d_v.to(v.dtype) if variant == 0 and apply_act else None
+    return dx, d_v, d_weight.to(weight.dtype), d_bias.to(weight.dtype)

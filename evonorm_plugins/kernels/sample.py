@@ -171,11 +171,6 @@ def sample_backward(
     return da.addcmul_(centred, coef), d_v, d_weight, d_bias
 
 
-def _runs_native(x: Tensor, mode: str) -> bool:
-    """Whether the ``"compiled"`` mode runs the hand-written CPU kernels for x (:mod:`.native`)."""
-    return mode == "compiled" and native.usable(x)
-
-
 class EvoNormSampleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, v: Tensor, weight: Tensor, bias: Tensor, variant: int, groups: int, eps: float, apply_act: bool) -> Tensor:  # type: ignore[override]
@@ -183,7 +178,7 @@ class EvoNormSampleFunction(torch.autograd.Function):
         ctx.save_for_backward(x, v, weight, mean, r)
         ctx.config = (variant, groups, apply_act)
         ctx.mode = current_mode()  # backward runs the kernels its forward ran
-        ctx.native = _runs_native(x, ctx.mode)
+        ctx.native = native.runs(x, ctx.mode)
         ctx.bias, ctx.eps = bias, eps  # for a double backward only
         return y
 
@@ -223,7 +218,7 @@ def _forward(
     """Output (a base tensor of x's shape and layout: hosts such as torchvision's ResNet add the residual
     to it in place, which autograd forbids on a view returned by a custom Function) and the statistics."""
     mode = mode or current_mode()
-    if _runs_native(x, mode):
+    if native.runs(x, mode):
         return native.sample_forward(x, v, weight, bias, groups, variant, eps, apply_act)
     x4 = _view(x, groups)
     params = tuple(_view(p, x4.shape[1]) for p in (v, weight, bias))

@@ -12,26 +12,15 @@
 //    writing and reading it back);
 //  * σ itself with its exp inlined (see sigmoid).
 // Sums accumulate in vectors of the compute type, rows (and blocks) are combined in double.
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
-#define CPU_CAPABILITY_AVX512
-#elif defined(__AVX2__) && defined(__FMA__)
-#define CPU_CAPABILITY_AVX2
-#endif
-
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <tuple>
-#include <type_traits>
-#include <vector>
+
+#include "cpu_common.h"
 
 namespace {
 
-using at::Tensor;
-using at::vec::Vectorized;
+using namespace evonorm_cpu;
 
 // σ(z) = 1/(1 + e^−z). Vectorized<float>::exp() calls Sleef_expf8_u10 out of line, and around a call
 // every vector register is saved and restored: a third of these kernels' time (single-threaded, AVX2).
@@ -59,53 +48,6 @@ inline Vectorized<float> sigmoid(const Vectorized<float>& z) {
 inline Vectorized<double> sigmoid(const Vectorized<double>& z) {
   const Vectorized<double> one(1.0);
   return one / (one + z.neg().exp());
-}
-
-// body(i, count) over [0, n) in vectors: full ones with the count a compile-time constant (whatever the
-// inliner decides, a plain load and store; a runtime count goes through a copy), then the tail.
-template <typename T, typename Body>
-inline void for_each_vector(int64_t n, const Body& body) {
-  constexpr int64_t size = Vectorized<T>::size();
-  int64_t i = 0;
-  for (; i + size <= n; i += size) body(i, std::integral_constant<int64_t, size>{});
-  if (i < n) body(i, n - i);
-}
-
-// The lanes of an accumulator, added in double.
-template <typename T>
-inline double lane_sum(const Vectorized<T>& acc) {
-  T lanes[Vectorized<T>::size()];
-  acc.store(lanes);
-  double s = 0;
-  for (int64_t k = 0; k < Vectorized<T>::size(); ++k) s += lanes[k];
-  return s;
-}
-
-// Sum of a row: vector lanes, then their combine and the tail in double.
-template <typename T>
-inline double row_sum(const T* x, int64_t n) {
-  using V = Vectorized<T>;
-  V acc(T(0));
-  int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) acc += V::loadu(x + i);
-  double s = lane_sum(acc);
-  for (; i < n; ++i) s += x[i];
-  return s;
-}
-
-template <typename T>
-inline double row_centred_squares(const T* x, int64_t n, T mean) {
-  using V = Vectorized<T>;
-  V acc(T(0));
-  const V m(mean);
-  int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) {
-    V d = V::loadu(x + i) - m;
-    acc = at::vec::fmadd(d, d, acc);
-  }
-  double s = lane_sum(acc);
-  for (; i < n; ++i) s += double(x[i] - mean) * double(x[i] - mean);
-  return s;
 }
 
 // ---- forward ------------------------------------------------------------------------------------------
@@ -151,28 +93,6 @@ void forward_contiguous(const Tensor& x, const Tensor& v, const Tensor& w, const
       }
     }
   });
-}
-
-// Channels-last (N, L, C): per-channel sums over blocks of L, shifted by the instance's first value of
-// the channel (one pass, accurate when the shift is near the mean), combined per group.
-constexpr int64_t kBlock = 256;
-
-template <typename T>
-void channel_block_moments(const T* x, int64_t rows, int64_t C, const T* shift, double* s1, double* s2) {
-  using V = Vectorized<T>;
-  std::vector<T> acc(2 * C, T(0));  // row by row, the running sums in an L1-resident block
-  T *a1 = acc.data(), *a2 = acc.data() + C;
-  for (int64_t l = 0; l < rows; ++l) {
-    for_each_vector<T>(C, [&](int64_t c, auto cnt) {
-      V d = V::loadu(x + l * C + c, cnt) - V::loadu(shift + c, cnt);
-      (V::loadu(a1 + c, cnt) + d).store(a1 + c, cnt);
-      at::vec::fmadd(d, d, V::loadu(a2 + c, cnt)).store(a2 + c, cnt);
-    });
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    s1[c] += a1[c];
-    s2[c] += a2[c];
-  }
 }
 
 // Per-instance group statistics of a channels-last input, mean and r per (N, G), from block sums.
@@ -431,12 +351,6 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
 }
 
 // ---- operators ----------------------------------------------------------------------------------------
-
-bool is_channels_last(const Tensor& x) {
-  if (x.is_contiguous()) return false;
-  if (x.dim() == 4) return x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  return x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d);
-}
 
 void check(const Tensor& x, int64_t groups) {
   TORCH_CHECK(x.device().is_cpu(), "evonorm sample kernels: CPU tensors only");

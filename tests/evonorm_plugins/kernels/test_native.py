@@ -1,5 +1,5 @@
-"""The hand-written S-series CPU kernels (``kernels/csrc/sample_cpu.cpp``, loaded by ``kernels/native.py``)
-against the float64 reference in every layout and shape class, and how the ``"compiled"`` mode uses them:
+"""The hand-written CPU kernels (S-series ``kernels/csrc/sample_cpu.cpp``, B-series ``batch_cpu.cpp``,
+loaded by ``kernels/native.py``) against the float64 reference in every layout and shape class, and how the ``"compiled"`` mode uses them:
 no dynamo compile, the backward in the kernels its forward ran, lean saved tensors, a loud fallback to
 Inductor's kernels where the build fails. Skips where no C++ compiler builds them."""
 import copy
@@ -11,7 +11,7 @@ import torch
 from evonorm_plugins import functional as F
 from evonorm_plugins.kernels import common, native
 
-from support import S_LAYERS, randomize_parameters
+from support import B_LAYERS, S_LAYERS, randomize_parameters
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,6 +64,37 @@ def test_float32_matches_float64_reference(name, shape, groups, channels_last, a
     assert y.is_contiguous(memory_format=memory_format) and dx.is_contiguous(memory_format=memory_format)
 
 
+# B-series: several instances and values; one value per instance (1×1, B1/B2's ri of one value); N = 1;
+# more than one channels-last block; a 3-D input.
+B_SHAPES = [(3, 8, 5, 7), (4, 16, 1, 1), (1, 8, 3, 3), (2, 8, 17, 16), (3, 8, 11)]
+B_CASES = [(shape, channels_last) for shape in B_SHAPES for channels_last in (False, True)
+           if not (channels_last and len(shape) == 3)]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("apply_act", [True, False], ids=["act", "no_act"])
+@pytest.mark.parametrize("shape,channels_last", B_CASES)
+@pytest.mark.parametrize("name", sorted(B_LAYERS))
+def test_batch_float32_matches_float64_reference(name, shape, channels_last, apply_act, training):
+    """Outputs, gradients and the running variance; in eval the running variance stands in for the
+    batch's and receives no gradient path."""
+    torch.manual_seed(0)
+    layer = B_LAYERS[name](shape[1], apply_act=apply_act)
+    randomize_parameters(layer, 0)
+    layer.train(training)
+    x, grad = torch.randn(shape) * 2 + 0.5, torch.randn(shape)
+    if channels_last:
+        x, grad = x.to(memory_format=torch.channels_last), grad.to(memory_format=torch.channels_last)
+    layer64 = copy.deepcopy(layer).double()
+    y, dx, param_grads = run(layer, x, grad, "compiled")
+    y64, dx64, param_grads64 = run(layer64, x.double(), grad.double(), "reference")
+    for got, expected in [(y, y64), (dx, dx64), *zip(param_grads, param_grads64), (layer.running_var, layer64.running_var)]:
+        scale = expected.abs().max().clamp(min=1.0)  # one-value statistics: gradients of order 1/√ε
+        torch.testing.assert_close(got.double() / scale, expected / scale, rtol=1e-5, atol=1e-5)
+    if channels_last:
+        assert y.is_contiguous(memory_format=torch.channels_last) and dx.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("name", sorted(S_LAYERS))
 def test_float64_to_rounding_and_bfloat16(name):
     layer = make(name, 16, 4, True)
@@ -100,15 +131,17 @@ def test_inlined_sigmoid_far_out_and_nan(channels_last):
     assert not y[0].isnan().any() and not y[1, 4:].isnan().any() and not dx[1, 4:].isnan().any()
 
 
-def test_compiled_mode_runs_them_without_dynamo(monkeypatch):
+@pytest.mark.parametrize("name", ["S0", "B0"])
+def test_compiled_mode_runs_them_without_dynamo(name, monkeypatch):
     from torch._dynamo.testing import CompileCounterWithBackend
 
     counter = CompileCounterWithBackend("aot_eager")
     monkeypatch.setattr(common, "BACKEND", counter)
     calls = []
-    forward = native.sample_forward
-    monkeypatch.setattr(native, "sample_forward", lambda *args: calls.append(1) or forward(*args))
-    layer = make("S0", 16, 4, True)
+    kernel = "sample_forward" if name in S_LAYERS else "batch_forward"
+    forward = getattr(native, kernel)
+    monkeypatch.setattr(native, kernel, lambda *args: calls.append(1) or forward(*args))
+    layer = make(name, 16, 4, True) if name in S_LAYERS else B_LAYERS[name](16)
     x = torch.randn(2, 16, 6, 6, requires_grad=True)
     with F.kernel_mode("compiled"):
         y = layer(x)

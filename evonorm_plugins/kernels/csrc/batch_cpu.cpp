@@ -1,0 +1,418 @@
+// EvoNorm-B0/B1/B2 forward and closed-form backward on CPU, hand-fused (see kernels/native.py).
+//
+// The spec is kernels/batch.py (same formulas, same notation); the test tying them is
+// tests/kernels/test_native.py. On the view (N, C, L), per channel c: left = √(s²_{N,L} + ε) (the
+// running variance in eval), per instance: B0 right = v·x + si, si = √(s²_L + ε); B1 right = (x + 1)·ri,
+// B2 right = ri − x, ri = √(μ_L(x²) + ε); d = max(left, right) (left alone without the activation);
+// y = x/d·γ + β. The batch statistic couples a channel's N instances, so:
+//  * contiguous input: each channel's N rows of L values (strided by C·L) are processed together while
+//    they sit in L1/L2: instance and batch statistics, then output, from one read of x from memory; the
+//    backward's reductions and dx likewise, recomputing d (no transcendental) in the dx pass;
+//  * channels-last input (N, L, C): sums vectorized across the contiguous channels over blocks of L for
+//    the threads, combined per instance and channel, then per channel, then an element-wise pass.
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "cpu_common.h"
+
+namespace {
+
+using namespace evonorm_cpu;
+
+// An instance's (mean, si or ri) from its mean and biased variance: B0 keeps the mean, B1 and B2 0.
+template <typename T>
+void instance_statistic(double mu, double var, int64_t variant, double eps, T* inst_mean, T* inst) {
+  if (variant == 0) {
+    *inst_mean = T(mu);
+    *inst = T(std::sqrt(var + eps));
+  } else {
+    *inst_mean = T(0);
+    *inst = T(std::sqrt(var + mu * mu + eps));
+  }
+}
+
+// right for a vector of x (variant 0: v·x + si; 1: (x + 1)·ri; 2: ri − x).
+template <typename T>
+inline Vectorized<T> right_term(const Vectorized<T>& x, int64_t variant, const Vectorized<T>& v, const Vectorized<T>& inst) {
+  if (variant == 0) return at::vec::fmadd(x, v, inst);
+  if (variant == 1) return (x + Vectorized<T>(T(1))) * inst;
+  return inst - x;
+}
+
+// ---- forward ------------------------------------------------------------------------------------------
+
+template <typename T>
+void output_row(const T* x, T* y, int64_t n, int64_t variant, T v, T left, T inst, T gamma, T beta, bool act) {
+  using V = Vectorized<T>;
+  const V vv(v), lv(left), iv(inst), gv(gamma), bv(beta);
+  for_each_vector<T>(n, [&](int64_t i, auto cnt) {
+    V xv = V::loadu(x + i, cnt);
+    V d = act ? at::vec::maximum(lv, right_term(xv, variant, vv, iv)) : lv;
+    at::vec::fmadd(xv / d, gv, bv).store(y + i, cnt);
+  });
+}
+
+// Outputs: y; per channel the batch variance, batch mean and left; per (N, C) the instance mean and
+// statistic. ``running_var`` (eval) replaces the batch variance, the batch mean is then 0.
+template <typename T>
+void forward_contiguous(const Tensor& x, const T* vp, const T* wp, const T* bp, const T* running_var, Tensor& y,
+                        T* bvar, T* bmean, T* left, T* imean, T* inst, int64_t variant, double eps, bool act) {
+  const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1);
+  const T* xp = x.const_data_ptr<T>();
+  T* yp = y.mutable_data_ptr<T>();
+  at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> means(N), vars(N);
+    for (int64_t c = begin; c < end; ++c) {
+      double mean_sum = 0, var_sum = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* row = xp + (n * C + c) * L;
+        means[n] = row_sum(row, L) / double(L);
+        vars[n] = row_centred_squares(row, L, T(means[n])) / double(L);
+        mean_sum += means[n];
+        var_sum += vars[n];
+        instance_statistic(means[n], vars[n], variant, eps, imean + n * C + c, inst + n * C + c);
+      }
+      if (running_var) {
+        bvar[c] = running_var[c];
+        bmean[c] = T(0);
+      } else {
+        const double mu = mean_sum / double(N);
+        double spread = 0;
+        for (int64_t n = 0; n < N; ++n) spread += (means[n] - mu) * (means[n] - mu);
+        bvar[c] = T((var_sum + spread) / double(N));
+        bmean[c] = T(mu);
+      }
+      left[c] = T(std::sqrt(double(bvar[c]) + eps));
+      for (int64_t n = 0; n < N; ++n)
+        output_row(xp + (n * C + c) * L, yp + (n * C + c) * L, L, variant, vp[c], left[c], inst[n * C + c], wp[c], bp[c], act);
+    }
+  });
+}
+
+template <typename T>
+void forward_channels_last(const Tensor& x, const T* vp, const T* wp, const T* bp, const T* running_var, Tensor& y,
+                           T* bvar, T* bmean, T* left, T* imean, T* inst, int64_t variant, double eps, bool act) {
+  using V = Vectorized<T>;
+  const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1);
+  const int64_t blocks = (L + kBlock - 1) / kBlock;
+  const T* xp = x.const_data_ptr<T>();
+  T* yp = y.mutable_data_ptr<T>();
+  std::vector<double> s1(N * blocks * C, 0.0), s2(N * blocks * C, 0.0);
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nb = begin; nb < end; ++nb) {
+      const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+      channel_block_moments(xp + (n * L + l0) * C, rows, C, xp + n * L * C, s1.data() + nb * C, s2.data() + nb * C);
+    }
+  });
+  std::vector<double> means(N * C), vars(N * C);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      double t1 = 0, t2 = 0;
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        t1 += s1[(n * blocks + blk) * C + c];
+        t2 += s2[(n * blocks + blk) * C + c];
+      }
+      means[n * C + c] = double(xp[n * L * C + c]) + t1 / double(L);
+      // clamped at 0 against rounding; a NaN stays NaN (std::max returns its first argument then)
+      vars[n * C + c] = std::max((t2 - t1 * t1 / double(L)) / double(L), 0.0);
+      instance_statistic(means[n * C + c], vars[n * C + c], variant, eps, imean + n * C + c, inst + n * C + c);
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    if (running_var) {
+      bvar[c] = running_var[c];
+      bmean[c] = T(0);
+    } else {
+      double mean_sum = 0, var_sum = 0, spread = 0;
+      for (int64_t n = 0; n < N; ++n) mean_sum += means[n * C + c], var_sum += vars[n * C + c];
+      const double mu = mean_sum / double(N);
+      for (int64_t n = 0; n < N; ++n) spread += (means[n * C + c] - mu) * (means[n * C + c] - mu);
+      bvar[c] = T((var_sum + spread) / double(N));
+      bmean[c] = T(mu);
+    }
+    left[c] = T(std::sqrt(double(bvar[c]) + eps));
+  }
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nb = begin; nb < end; ++nb) {
+      const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+      const T* in = inst + n * C;
+      for (int64_t l = l0; l < l0 + rows; ++l) {
+        const int64_t row = (n * L + l) * C;
+        for_each_vector<T>(C, [&](int64_t c, auto cnt) {
+          V xv = V::loadu(xp + row + c, cnt), lv = V::loadu(left + c, cnt);
+          V d = act ? at::vec::maximum(lv, right_term(xv, variant, V::loadu(vp + c, cnt), V::loadu(in + c, cnt))) : lv;
+          at::vec::fmadd(xv / d, V::loadu(wp + c, cnt), V::loadu(bp + c, cnt)).store(yp + row + c, cnt);
+        });
+      }
+    }
+  });
+}
+
+// ---- backward -----------------------------------------------------------------------------------------
+//   inv_d = 1/d, out = x·inv_d, g = dy·γ·inv_d, −∂L/∂d = out·g, m = [right > left], ndr = m·out·g
+//   per channel: dγ = Σ dy·out, dβ = Σ dy, dv = −Σ ndr·x (B0)
+//   per instance: total = Σ out·g − Σ ndr (what goes to left), coef = −Σ ndr/(L·si) (B0),
+//     −(Σ ndr·x + Σ ndr)/(L·ri) (B1), −Σ ndr/(L·ri) (B2)
+//   left_coef = −Σ_N total/(N·L·left) (0 in eval)
+//   dx = g − ndr·v (B0) / − ndr·ri (B1) / + ndr (B2) + (coef + left_coef)·(x − centre) + offset,
+//   centre = μ_inst, offset = left_coef·(μ_inst − μ_batch) (B0); centre = μ_batch, offset = coef·μ_batch
+//   (B1, B2): x − centre formed first (see batch.py's input_gradient).
+
+// One element vector's backward quantities at fixed statistics.
+template <typename T>
+struct Local {
+  Vectorized<T> out, g, ndr;
+};
+
+template <typename T>
+inline Local<T> local_terms(const Vectorized<T>& x, const Vectorized<T>& dy, int64_t variant, const Vectorized<T>& v,
+                            const Vectorized<T>& left, const Vectorized<T>& inst, const Vectorized<T>& gamma, bool act) {
+  using V = Vectorized<T>;
+  if (!act) {
+    const V inv_d = V(T(1)) / left;
+    const V out = x * inv_d;
+    return {out, dy * gamma * inv_d, V(T(0))};
+  }
+  const V right = right_term(x, variant, v, inst);
+  const V inv_d = V(T(1)) / at::vec::maximum(right, left);
+  const V out = x * inv_d, g = dy * gamma * inv_d;
+  return {out, g, V::blendv(V(T(0)), out * g, right > left)};
+}
+
+template <typename T>
+inline Vectorized<T> input_gradient(const Local<T>& t, const Vectorized<T>& x, int64_t variant, const Vectorized<T>& v,
+                                    const Vectorized<T>& inst, const Vectorized<T>& coef, const Vectorized<T>& centre,
+                                    const Vectorized<T>& offset) {
+  Vectorized<T> g = t.g;
+  if (variant == 0) g = g - t.ndr * v;
+  else if (variant == 1) g = g - t.ndr * inst;
+  else g = g + t.ndr;
+  return at::vec::fmadd(x - centre, coef, g) + offset;
+}
+
+// Per (N, C) sums of a row: Σ out·g, Σ ndr, Σ ndr·x; per channel: Σ dy·out, Σ dy.
+struct RowSums {
+  double dy_out = 0, dy = 0, total = 0, right = 0, right_x = 0;
+};
+
+template <typename T>
+RowSums row_sums(const T* dy, const T* x, int64_t n, int64_t variant, T v, T left, T inst, T gamma, bool act) {
+  using V = Vectorized<T>;
+  const V vv(v), lv(left), iv(inst), gv(gamma);
+  V a_dy_out(T(0)), a_dy(T(0)), a_total(T(0)), a_right(T(0)), a_right_x(T(0));
+  for_each_vector<T>(n, [&](int64_t i, auto cnt) {  // partial loads fill with zeros: dy = 0 adds nothing
+    V xv = V::loadu(x + i, cnt), d = V::loadu(dy + i, cnt);
+    Local<T> t = local_terms(xv, d, variant, vv, lv, iv, gv, act);
+    a_dy_out = at::vec::fmadd(d, t.out, a_dy_out);
+    a_dy += d;
+    a_total = at::vec::fmadd(t.out, t.g, a_total);
+    a_right += t.ndr;
+    a_right_x = at::vec::fmadd(t.ndr, xv, a_right_x);
+  });
+  return {lane_sum(a_dy_out), lane_sum(a_dy), lane_sum(a_total), lane_sum(a_right), lane_sum(a_right_x)};
+}
+
+// The (coef + left_coef, centre, offset) of dx for one (n, c), coef being the instance statistic's
+// (0 without the activation, where the sums of ndr are 0).
+struct DxCoefficients {
+  double coef, centre, offset;
+};
+
+inline DxCoefficients dx_coefficients(const RowSums& s, int64_t variant, int64_t L, double inst, double imean,
+                                      double bmean, double left_coef) {
+  const double coef = variant == 1 ? -(s.right_x + s.right) / (double(L) * inst) : -s.right / (double(L) * inst);
+  if (variant == 0) return {coef + left_coef, imean, left_coef * (imean - bmean)};
+  return {coef + left_coef, bmean, coef * bmean};
+}
+
+template <typename T>
+void backward_contiguous(const Tensor& dy, const Tensor& x, const T* vp, const T* wp, const T* bmean, const T* left,
+                         const T* imean, const T* inst, Tensor& dx, T* grads, int64_t variant, bool act, bool batch_statistics) {
+  using V = Vectorized<T>;
+  const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1);
+  const T *xp = x.const_data_ptr<T>(), *dyp = dy.const_data_ptr<T>();
+  T* dxp = dx.mutable_data_ptr<T>();
+  at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<RowSums> sums(N);
+    for (int64_t c = begin; c < end; ++c) {
+      double d_weight = 0, d_bias = 0, d_v = 0, total = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t off = (n * C + c) * L;
+        sums[n] = row_sums(dyp + off, xp + off, L, variant, vp[c], left[c], inst[n * C + c], wp[c], act);
+        d_weight += sums[n].dy_out;
+        d_bias += sums[n].dy;
+        d_v -= sums[n].right_x;
+        total += sums[n].total - sums[n].right;
+      }
+      grads[c] = T(d_weight);
+      grads[C + c] = T(d_bias);
+      grads[2 * C + c] = T(d_v);
+      const double left_coef = batch_statistics ? -total / (double(N * L) * double(left[c])) : 0.0;
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t off = (n * C + c) * L;
+        const DxCoefficients k = dx_coefficients(sums[n], variant, L, inst[n * C + c], imean[n * C + c], bmean[c], left_coef);
+        const V vv(vp[c]), lv(left[c]), iv(inst[n * C + c]), gv(wp[c]), kc(T(k.coef)), kz(T(k.centre)), ko(T(k.offset));
+        for_each_vector<T>(L, [&](int64_t i, auto cnt) {
+          V xv = V::loadu(xp + off + i, cnt);
+          Local<T> t = local_terms(xv, V::loadu(dyp + off + i, cnt), variant, vv, lv, iv, gv, act);
+          input_gradient(t, xv, variant, vv, iv, kc, kz, ko).store(dxp + off + i, cnt);
+        });
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_channels_last(const Tensor& dy, const Tensor& x, const T* vp, const T* wp, const T* bmean, const T* left,
+                            const T* imean, const T* inst, Tensor& dx, T* grads, int64_t variant, bool act,
+                            bool batch_statistics) {
+  using V = Vectorized<T>;
+  const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1);
+  const int64_t blocks = (L + kBlock - 1) / kBlock;
+  const T *xp = x.const_data_ptr<T>(), *dyp = dy.const_data_ptr<T>();
+  T* dxp = dx.mutable_data_ptr<T>();
+  constexpr int64_t kSums = 5;  // per block and channel, the RowSums fields in order
+  std::vector<double> block_sums(N * blocks * kSums * C, 0.0);
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(kSums * C);  // row by row (each row's C values are contiguous), L1-resident sums
+    for (int64_t nb = begin; nb < end; ++nb) {
+      const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+      std::fill(acc.begin(), acc.end(), T(0));
+      T* a = acc.data();
+      const T* in = inst + n * C;
+      for (int64_t l = l0; l < l0 + rows; ++l) {
+        const int64_t row = (n * L + l) * C;
+        for_each_vector<T>(C, [&](int64_t c, auto cnt) {
+          V xv = V::loadu(xp + row + c, cnt), d = V::loadu(dyp + row + c, cnt);
+          Local<T> t = local_terms(xv, d, variant, V::loadu(vp + c, cnt), V::loadu(left + c, cnt), V::loadu(in + c, cnt),
+                                   V::loadu(wp + c, cnt), act);
+          at::vec::fmadd(d, t.out, V::loadu(a + c, cnt)).store(a + c, cnt);
+          (V::loadu(a + C + c, cnt) + d).store(a + C + c, cnt);
+          at::vec::fmadd(t.out, t.g, V::loadu(a + 2 * C + c, cnt)).store(a + 2 * C + c, cnt);
+          (V::loadu(a + 3 * C + c, cnt) + t.ndr).store(a + 3 * C + c, cnt);
+          at::vec::fmadd(t.ndr, xv, V::loadu(a + 4 * C + c, cnt)).store(a + 4 * C + c, cnt);
+        });
+      }
+      double* out = block_sums.data() + nb * kSums * C;
+      for (int64_t j = 0; j < kSums * C; ++j) out[j] = acc[j];
+    }
+  });
+  // per (n, c) sums, per channel gradients and left_coef, then per (n, c) dx coefficients
+  std::vector<RowSums> sums(N * C);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const double* s = block_sums.data() + (n * blocks + blk) * kSums * C;
+      for (int64_t c = 0; c < C; ++c) {
+        RowSums& r = sums[n * C + c];
+        r.dy_out += s[c], r.dy += s[C + c], r.total += s[2 * C + c], r.right += s[3 * C + c], r.right_x += s[4 * C + c];
+      }
+    }
+  std::vector<double> left_coef(C);
+  for (int64_t c = 0; c < C; ++c) {
+    double d_weight = 0, d_bias = 0, d_v = 0, total = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      const RowSums& r = sums[n * C + c];
+      d_weight += r.dy_out, d_bias += r.dy, d_v -= r.right_x, total += r.total - r.right;
+    }
+    grads[c] = T(d_weight);
+    grads[C + c] = T(d_bias);
+    grads[2 * C + c] = T(d_v);
+    left_coef[c] = batch_statistics ? -total / (double(N * L) * double(left[c])) : 0.0;
+  }
+  std::vector<T> kcoef(N * C), kcentre(N * C), koffset(N * C);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = n * C + c;
+      const DxCoefficients k = dx_coefficients(sums[i], variant, L, inst[i], imean[i], bmean[c], left_coef[c]);
+      kcoef[i] = T(k.coef), kcentre[i] = T(k.centre), koffset[i] = T(k.offset);
+    }
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nb = begin; nb < end; ++nb) {
+      const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+      const T *in = inst + n * C, *kc = kcoef.data() + n * C, *kz = kcentre.data() + n * C, *ko = koffset.data() + n * C;
+      for (int64_t l = l0; l < l0 + rows; ++l) {
+        const int64_t row = (n * L + l) * C;
+        for_each_vector<T>(C, [&](int64_t c, auto cnt) {
+          V xv = V::loadu(xp + row + c, cnt), vv = V::loadu(vp + c, cnt), iv = V::loadu(in + c, cnt);
+          Local<T> t = local_terms(xv, V::loadu(dyp + row + c, cnt), variant, vv, V::loadu(left + c, cnt), iv,
+                                   V::loadu(wp + c, cnt), act);
+          input_gradient(t, xv, variant, vv, iv, V::loadu(kc + c, cnt), V::loadu(kz + c, cnt), V::loadu(ko + c, cnt))
+              .store(dxp + row + c, cnt);
+        });
+      }
+    }
+  });
+}
+
+// ---- operators ----------------------------------------------------------------------------------------
+
+void check(const Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu(), "evonorm batch kernels: CPU tensors only");
+  TORCH_CHECK(x.dim() >= 2, "evonorm batch kernels: an (N, C, ...) input");
+  TORCH_CHECK(x.is_contiguous() || is_channels_last(x), "evonorm batch kernels: contiguous or channels-last input");
+}
+
+// y (x's dtype and layout); per channel (compute dtype) the batch variance, batch mean and left; per
+// (N, C) the instance mean and statistic.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> batch_forward(
+    const Tensor& x_in, const Tensor& v, const Tensor& w, const Tensor& b, const std::optional<Tensor>& running_var,
+    int64_t variant, double eps, bool act) {
+  check(x_in);
+  const auto dtype = x_in.scalar_type();
+  const auto compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const bool cl = is_channels_last(x_in);
+  const auto layout = cl ? x_in.suggest_memory_format() : at::MemoryFormat::Contiguous;
+  const Tensor x = x_in.to(compute);
+  const Tensor vc = v.to(compute).contiguous(), wc = w.to(compute).contiguous(), bc = b.to(compute).contiguous();
+  const Tensor rv = running_var ? running_var->to(compute).contiguous() : Tensor();
+  Tensor y = at::empty_like(x, x.options(), layout);
+  const int64_t N = x.size(0), C = x.size(1);
+  Tensor bvar = at::empty({C}, x.options()), bmean = at::empty({C}, x.options()), left = at::empty({C}, x.options());
+  Tensor imean = at::empty({N, C}, x.options()), inst = at::empty({N, C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(compute, "evonorm_batch_forward", [&] {
+    const scalar_t* rvp = rv.defined() ? rv.const_data_ptr<scalar_t>() : nullptr;
+    auto run = cl ? forward_channels_last<scalar_t> : forward_contiguous<scalar_t>;
+    run(x, vc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>(), rvp, y,
+        bvar.mutable_data_ptr<scalar_t>(), bmean.mutable_data_ptr<scalar_t>(), left.mutable_data_ptr<scalar_t>(),
+        imean.mutable_data_ptr<scalar_t>(), inst.mutable_data_ptr<scalar_t>(), variant, eps, act);
+  });
+  return {y.to(dtype), bvar, bmean, left, imean, inst};
+}
+
+// dx (x's dtype and layout) and the parameter gradients (3, C) in the compute dtype: dγ, dβ, dv.
+std::tuple<Tensor, Tensor> batch_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& v, const Tensor& w,
+                                          const Tensor& bmean, const Tensor& left, const Tensor& imean,
+                                          const Tensor& inst, int64_t variant, bool act, bool batch_statistics) {
+  check(x_in);
+  const auto dtype = x_in.scalar_type();
+  const auto compute = left.scalar_type();
+  const bool cl = is_channels_last(x_in);
+  const auto layout = cl ? x_in.suggest_memory_format() : at::MemoryFormat::Contiguous;
+  const Tensor x = x_in.to(compute);
+  const Tensor dy = dy_in.to(compute).contiguous(layout);
+  const Tensor vc = v.to(compute).contiguous(), wc = w.to(compute).contiguous();
+  const Tensor bm = bmean.contiguous(), lf = left.contiguous(), im = imean.contiguous(), in = inst.contiguous();
+  Tensor dx = at::empty_like(x, x.options(), layout);
+  Tensor grads = at::empty({3, x.size(1)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(compute, "evonorm_batch_backward", [&] {
+    auto run = cl ? backward_channels_last<scalar_t> : backward_contiguous<scalar_t>;
+    run(dy, x, vc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), bm.const_data_ptr<scalar_t>(),
+        lf.const_data_ptr<scalar_t>(), im.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(), dx,
+        grads.mutable_data_ptr<scalar_t>(), variant, act, batch_statistics);
+  });
+  return {dx.to(dtype), grads};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(evonorm_cpu, m) {
+  m.def("batch_forward(Tensor x, Tensor v, Tensor weight, Tensor bias, Tensor? running_var, int variant, float eps, bool act) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("batch_backward(Tensor dy, Tensor x, Tensor v, Tensor weight, Tensor batch_mean, Tensor left, Tensor inst_mean, Tensor inst, int variant, bool act, bool batch_statistics) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(evonorm_cpu, CPU, m) {
+  m.impl("batch_forward", &batch_forward);
+  m.impl("batch_backward", &batch_backward);
+}
