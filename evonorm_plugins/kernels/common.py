@@ -76,9 +76,10 @@ def _switch(mode: str) -> str:
 def set_kernel_mode(mode: str) -> KernelMode:
     """Switch how the six EvoNorm layers run in eager PyTorch, for the whole process:
 
-    * ``"compiled"`` (default): the lean kernels (input-only memory, closed-form backward) with their
-      forward and backward each compiled by ``torch.compile`` (Inductor: C++ loops on CPU, which needs
-      a C++ compiler; Triton on GPU) with dynamic shapes: once per configuration (layer formula,
+    * ``"compiled"`` (default): the lean kernels (input-only memory, closed-form backward): on CPU the
+      hand-written C++ ones (:mod:`.native`), elsewhere, or where those do not build, their forward and
+      backward each compiled by ``torch.compile`` (Inductor: C++ loops on CPU, which needs a C++
+      compiler; Triton on GPU) with dynamic shapes: once per configuration (layer formula,
       training or eval, ``apply_act``), dtype, device and memory format, not per input size. Where
       compiling fails (no compiler), one :class:`KernelCompileWarning` says so and the ``"eager"``
       kernels run instead;
