@@ -9,7 +9,9 @@
 //    they sit in L1/L2: instance and batch statistics, then output, from one read of x from memory; the
 //    backward's reductions and dx likewise, recomputing d (no transcendental) in the dx pass;
 //  * channels-last input (N, L, C): sums vectorized across the contiguous channels over blocks of L for
-//    the threads, combined per instance and channel, then per channel, then an element-wise pass.
+//    the threads, combined per instance and channel, then per channel, then an element-wise pass; the
+//    backward's reductions pass writes dx's part at fixed statistics into dx, and the second pass adds
+//    the statistics' part.
 #include <torch/library.h>
 
 #include <optional>
@@ -181,15 +183,19 @@ inline Local<T> local_terms(const Vectorized<T>& x, const Vectorized<T>& dy, int
   return {out, g, V::blendv(V(T(0)), out * g, right > left)};
 }
 
+// dx at fixed statistics: g and the right term's direct part.
 template <typename T>
-inline Vectorized<T> input_gradient(const Local<T>& t, const Vectorized<T>& x, int64_t variant, const Vectorized<T>& v,
-                                    const Vectorized<T>& inst, const Vectorized<T>& coef, const Vectorized<T>& centre,
-                                    const Vectorized<T>& offset) {
-  Vectorized<T> g = t.g;
-  if (variant == 0) g = g - t.ndr * v;
-  else if (variant == 1) g = g - t.ndr * inst;
-  else g = g + t.ndr;
-  return at::vec::fmadd(x - centre, coef, g) + offset;
+inline Vectorized<T> direct_gradient(const Local<T>& t, int64_t variant, const Vectorized<T>& v, const Vectorized<T>& inst) {
+  if (variant == 0) return t.g - t.ndr * v;
+  if (variant == 1) return t.g - t.ndr * inst;
+  return t.g + t.ndr;
+}
+
+// dx: the direct part plus the statistics'.
+template <typename T>
+inline Vectorized<T> input_gradient(const Vectorized<T>& direct, const Vectorized<T>& x, const Vectorized<T>& coef,
+                                    const Vectorized<T>& centre, const Vectorized<T>& offset) {
+  return at::vec::fmadd(x - centre, coef, direct) + offset;
 }
 
 // Per (N, C) sums of a row: Σ out·g, Σ ndr, Σ ndr·x; per channel: Σ dy·out, Σ dy.
@@ -257,7 +263,7 @@ void backward_contiguous(const Tensor& dy, const Tensor& x, const T* vp, const T
         for_each_vector<T>(L, [&](int64_t i, auto cnt) {
           V xv = V::loadu(xp + off + i, cnt);
           Local<T> t = local_terms(xv, V::loadu(dyp + off + i, cnt), variant, vv, lv, iv, gv, act);
-          input_gradient(t, xv, variant, vv, iv, kc, kz, ko).store(dxp + off + i, cnt);
+          input_gradient(direct_gradient(t, variant, vv, iv), xv, kc, kz, ko).store(dxp + off + i, cnt);
         });
       }
     }
@@ -286,13 +292,14 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const T* vp, cons
         const int64_t row = (n * L + l) * C;
         for_each_vector<T>(C, [&](int64_t c, auto cnt) {
           V xv = V::loadu(xp + row + c, cnt), d = V::loadu(dyp + row + c, cnt);
-          Local<T> t = local_terms(xv, d, variant, V::loadu(vp + c, cnt), V::loadu(left + c, cnt), V::loadu(in + c, cnt),
-                                   V::loadu(wp + c, cnt), act);
+          V vv = V::loadu(vp + c, cnt), iv = V::loadu(in + c, cnt);
+          Local<T> t = local_terms(xv, d, variant, vv, V::loadu(left + c, cnt), iv, V::loadu(wp + c, cnt), act);
           at::vec::fmadd(d, t.out, V::loadu(a + c, cnt)).store(a + c, cnt);
           (V::loadu(a + C + c, cnt) + d).store(a + C + c, cnt);
           at::vec::fmadd(t.out, t.g, V::loadu(a + 2 * C + c, cnt)).store(a + 2 * C + c, cnt);
           (V::loadu(a + 3 * C + c, cnt) + t.ndr).store(a + 3 * C + c, cnt);
           at::vec::fmadd(t.ndr, xv, V::loadu(a + 4 * C + c, cnt)).store(a + 4 * C + c, cnt);
+          direct_gradient(t, variant, vv, iv).store(dxp + row + c, cnt);
         });
       }
       double* out = block_sums.data() + nb * kSums * C;
@@ -331,14 +338,12 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const T* vp, cons
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t nb = begin; nb < end; ++nb) {
       const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
-      const T *in = inst + n * C, *kc = kcoef.data() + n * C, *kz = kcentre.data() + n * C, *ko = koffset.data() + n * C;
+      const T *kc = kcoef.data() + n * C, *kz = kcentre.data() + n * C, *ko = koffset.data() + n * C;
       for (int64_t l = l0; l < l0 + rows; ++l) {
         const int64_t row = (n * L + l) * C;
         for_each_vector<T>(C, [&](int64_t c, auto cnt) {
-          V xv = V::loadu(xp + row + c, cnt), vv = V::loadu(vp + c, cnt), iv = V::loadu(in + c, cnt);
-          Local<T> t = local_terms(xv, V::loadu(dyp + row + c, cnt), variant, vv, V::loadu(left + c, cnt), iv,
-                                   V::loadu(wp + c, cnt), act);
-          input_gradient(t, xv, variant, vv, iv, V::loadu(kc + c, cnt), V::loadu(kz + c, cnt), V::loadu(ko + c, cnt))
+          input_gradient(V::loadu(dxp + row + c, cnt), V::loadu(xp + row + c, cnt), V::loadu(kc + c, cnt),
+                         V::loadu(kz + c, cnt), V::loadu(ko + c, cnt))
               .store(dxp + row + c, cnt);
         });
       }

@@ -8,8 +8,8 @@
 //    two, and x and dy read from memory once);
 //  * channels-last input (N, L, C): reductions vectorized across the contiguous channels, split over
 //    blocks of L for the threads and combined per instance; a statistic then needs a whole instance
-//    before its second pass, so the backward computes σ(v·x) again there (inlined, it costs less than
-//    writing and reading it back);
+//    before its second pass, so the backward's reductions pass writes dx's part at fixed statistics
+//    (all that needs σ) into dx, and the second pass adds the statistic's part;
 //  * σ itself with its exp inlined (see sigmoid).
 // Sums accumulate in vectors of the compute type, rows (and blocks) are combined in double.
 #include <torch/library.h>
@@ -270,7 +270,15 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
   T* dxp = dx.mutable_data_ptr<T>();
   T* pp = partial.mutable_data_ptr<T>();  // (3, N, C) as in backward_contiguous
   std::vector<double> sums;               // per block of the chunk: Σdy·a, Σdy, Σdy·a·(1−s)·x per channel
-  std::vector<T> kvec(N * C), mvec(N * C), cvec(N * C);  // per instance and channel: γ·r, μ, coef
+  // per instance and channel: γ·r and μ, known before the sums, and coef, known after them
+  std::vector<T> kvec(N * C), mvec(N * C), cvec(N * C);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      kvec[n * C + c] = T(double(wp[c]) * double(rp[n * groups + c / cg]));
+      mvec[n * C + c] = mp[n * groups + c / cg];
+    }
+  // The reductions pass also writes dx's part at fixed statistics, dy·γ·r·∂a/∂x, into dx, and the second
+  // pass adds the statistic's (x − μ)·coef: σ once per element, and no buffer beside dx.
   for_each_chunk(N, blocks, [&](int64_t n0, int64_t count) {
     sums.assign(count * blocks * 3 * C, 0.0);
     at::parallel_for(n0 * blocks, (n0 + count) * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -278,28 +286,32 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
       T *acc_a = acc.data(), *acc_dy = acc.data() + C, *acc_v = acc.data() + 2 * C;
       for (int64_t nb = begin; nb < end; ++nb) {
         const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+        const T* kn = kvec.data() + n * C;
         std::fill(acc.begin(), acc.end(), T(0));
         for (int64_t l = l0; l < l0 + rows; ++l) {
           const int64_t row = (n * L + l) * C;
           for_each_vector<T>(C, [&](int64_t c, auto cnt) {
             const V one(T(1));
             V xv = V::loadu(xp + row + c, cnt), d = V::loadu(dyp + row + c, cnt);
+            V e = d * V::loadu(kn + c, cnt);
             (V::loadu(acc_dy + c, cnt) + d).store(acc_dy + c, cnt);
             if (act) {
-              V s = sigmoid(xv * V::loadu(vp + c, cnt));
+              V vx = xv * V::loadu(vp + c, cnt), s = sigmoid(vx);
               V da = d * xv * s;
               (V::loadu(acc_a + c, cnt) + da).store(acc_a + c, cnt);
               at::vec::fmadd(da * (one - s), xv, V::loadu(acc_v + c, cnt)).store(acc_v + c, cnt);
+              e = e * (s * at::vec::fmadd(vx, one - s, one));
             } else {
               at::vec::fmadd(d, xv, V::loadu(acc_a + c, cnt)).store(acc_a + c, cnt);
             }
+            e.store(dxp + row + c, cnt);
           });
         }
         double* out = sums.data() + (nb - n0 * blocks) * 3 * C;
         for (int64_t j = 0; j < 3 * C; ++j) out[j] = acc[j];
       }
     });
-    // per instance: channel sums, the partial parameter gradients, and per channel γ·r, μ, coef
+    // per instance: channel sums, the partial parameter gradients and coef
     std::vector<double> dy_a(C), dys(C), dvs(C);
     for (int64_t n = n0; n < n0 + count; ++n) {
       std::fill(dy_a.begin(), dy_a.end(), 0.0);
@@ -322,8 +334,6 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
           pp[n * C + c] = T(dy_a[c] * r);
           pp[(N + n) * C + c] = T(dys[c]);
           pp[(2 * N + n) * C + c] = T(dvs[c] * double(wp[c]) * r);
-          kvec[n * C + c] = T(double(wp[c]) * r);
-          mvec[n * C + c] = mp[n * groups + g];
           cvec[n * C + c] = coef;
         }
       }
@@ -331,18 +341,13 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
     at::parallel_for(n0 * blocks, (n0 + count) * blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t nb = begin; nb < end; ++nb) {
         const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
-        const T *kn = kvec.data() + n * C, *mn = mvec.data() + n * C, *cn = cvec.data() + n * C;
+        const T *mn = mvec.data() + n * C, *cn = cvec.data() + n * C;
         for (int64_t l = l0; l < l0 + rows; ++l) {
           const int64_t row = (n * L + l) * C;
           for_each_vector<T>(C, [&](int64_t c, auto cnt) {
-            const V one(T(1));
             V xv = V::loadu(xp + row + c, cnt);
-            V d = V::loadu(dyp + row + c, cnt) * V::loadu(kn + c, cnt);
-            if (act) {
-              V vx = xv * V::loadu(vp + c, cnt), s = sigmoid(vx);
-              d = d * (s * at::vec::fmadd(vx, one - s, one));
-            }
-            at::vec::fmadd(xv - V::loadu(mn + c, cnt), V::loadu(cn + c, cnt), d).store(dxp + row + c, cnt);
+            at::vec::fmadd(xv - V::loadu(mn + c, cnt), V::loadu(cn + c, cnt), V::loadu(dxp + row + c, cnt))
+                .store(dxp + row + c, cnt);
           });
         }
       }
