@@ -40,7 +40,8 @@ def run(layer, x, grad, mode):
 
 
 def make(name, channels, groups, apply_act, seed=0):
-    layer = S_LAYERS[name](channels, groups=groups, apply_act=apply_act)
+    """An S-series layer of ``groups`` groups, or a B-series layer (``groups`` unused)."""
+    layer = S_LAYERS[name](channels, groups=groups, apply_act=apply_act) if name in S_LAYERS else B_LAYERS[name](channels, apply_act=apply_act)
     randomize_parameters(layer, seed)
     return layer
 
@@ -79,8 +80,7 @@ def test_batch_float32_matches_float64_reference(name, shape, channels_last, app
     """Outputs, gradients and the running variance; in eval the running variance stands in for the
     batch's and receives no gradient path."""
     torch.manual_seed(0)
-    layer = B_LAYERS[name](shape[1], apply_act=apply_act)
-    randomize_parameters(layer, 0)
+    layer = make(name, shape[1], None, apply_act)
     layer.train(training)
     x, grad = torch.randn(shape) * 2 + 0.5, torch.randn(shape)
     if channels_last:
@@ -95,7 +95,7 @@ def test_batch_float32_matches_float64_reference(name, shape, channels_last, app
         assert y.is_contiguous(memory_format=torch.channels_last) and dx.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("name", sorted(S_LAYERS))
+@pytest.mark.parametrize("name", sorted(S_LAYERS) + sorted(B_LAYERS))
 def test_float64_to_rounding_and_bfloat16(name):
     layer = make(name, 16, 4, True)
     x, grad = torch.randn(2, 16, 6, 5) * 2, torch.randn(2, 16, 6, 5)
@@ -141,7 +141,7 @@ def test_compiled_mode_runs_them_without_dynamo(name, monkeypatch):
     kernel = "sample_forward" if name in S_LAYERS else "batch_forward"
     forward = getattr(native, kernel)
     monkeypatch.setattr(native, kernel, lambda *args: calls.append(1) or forward(*args))
-    layer = make(name, 16, 4, True) if name in S_LAYERS else B_LAYERS[name](16)
+    layer = make(name, 16, 4, True)
     x = torch.randn(2, 16, 6, 6, requires_grad=True)
     with F.kernel_mode("compiled"):
         y = layer(x)
