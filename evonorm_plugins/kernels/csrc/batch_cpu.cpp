@@ -45,31 +45,31 @@ inline Vectorized<T> right_term(const Vectorized<T>& x, int64_t variant, const V
 
 // ---- forward ------------------------------------------------------------------------------------------
 
-template <typename T>
-void output_row(const T* x, T* y, int64_t n, int64_t variant, T v, T left, T inst, T gamma, T beta, bool act) {
+template <typename T, typename In>
+void output_row(const In* x, In* y, int64_t n, int64_t variant, T v, T left, T inst, T gamma, T beta, bool act) {
   using V = Vectorized<T>;
   const V vv(v), lv(left), iv(inst), gv(gamma), bv(beta);
   for_each_vector<T>(n, [&](int64_t i, auto cnt) {
-    V xv = V::loadu(x + i, cnt);
+    V xv = load<T>(x + i, cnt);
     V d = act ? at::vec::maximum(lv, right_term(xv, variant, vv, iv)) : lv;
-    at::vec::fmadd(xv / d, gv, bv).store(y + i, cnt);
+    store(at::vec::fmadd(xv / d, gv, bv), y + i, cnt);
   });
 }
 
 // Outputs: y; per channel the batch variance, batch mean and left; per (N, C) the instance mean and
 // statistic. ``running_var`` (eval) replaces the batch variance, the batch mean is then 0.
-template <typename T>
+template <typename T, typename In>
 void forward_contiguous(const Tensor& x, const T* vp, const T* wp, const T* bp, const T* running_var, Tensor& y,
                         T* bvar, T* bmean, T* left, T* imean, T* inst, int64_t variant, double eps, bool act) {
   const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1);
-  const T* xp = x.const_data_ptr<T>();
-  T* yp = y.mutable_data_ptr<T>();
+  const In* xp = x.const_data_ptr<In>();
+  In* yp = y.mutable_data_ptr<In>();
   at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> means(N), vars(N);
     for (int64_t c = begin; c < end; ++c) {
       double mean_sum = 0, var_sum = 0;
       for (int64_t n = 0; n < N; ++n) {
-        const T* row = xp + (n * C + c) * L;
+        const In* row = xp + (n * C + c) * L;
         means[n] = row_sum(row, L) / double(L);
         vars[n] = row_centred_squares(row, L, T(means[n])) / double(L);
         mean_sum += means[n];
@@ -93,14 +93,14 @@ void forward_contiguous(const Tensor& x, const T* vp, const T* wp, const T* bp, 
   });
 }
 
-template <typename T>
+template <typename T, typename In>
 void forward_channels_last(const Tensor& x, const T* vp, const T* wp, const T* bp, const T* running_var, Tensor& y,
                            T* bvar, T* bmean, T* left, T* imean, T* inst, int64_t variant, double eps, bool act) {
   using V = Vectorized<T>;
   const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1);
   const int64_t blocks = (L + kBlock - 1) / kBlock;
-  const T* xp = x.const_data_ptr<T>();
-  T* yp = y.mutable_data_ptr<T>();
+  const In* xp = x.const_data_ptr<In>();
+  In* yp = y.mutable_data_ptr<In>();
   std::vector<double> s1(N * blocks * C, 0.0), s2(N * blocks * C, 0.0);
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t nb = begin; nb < end; ++nb) {
@@ -143,9 +143,9 @@ void forward_channels_last(const Tensor& x, const T* vp, const T* wp, const T* b
       for (int64_t l = l0; l < l0 + rows; ++l) {
         const int64_t row = (n * L + l) * C;
         for_each_vector<T>(C, [&](int64_t c, auto cnt) {
-          V xv = V::loadu(xp + row + c, cnt), lv = V::loadu(left + c, cnt);
+          V xv = load<T>(xp + row + c, cnt), lv = V::loadu(left + c, cnt);
           V d = act ? at::vec::maximum(lv, right_term(xv, variant, V::loadu(vp + c, cnt), V::loadu(in + c, cnt))) : lv;
-          at::vec::fmadd(xv / d, V::loadu(wp + c, cnt), V::loadu(bp + c, cnt)).store(yp + row + c, cnt);
+          store(at::vec::fmadd(xv / d, V::loadu(wp + c, cnt), V::loadu(bp + c, cnt)), yp + row + c, cnt);
         });
       }
     }
@@ -203,13 +203,13 @@ struct RowSums {
   double dy_out = 0, dy = 0, total = 0, right = 0, right_x = 0;
 };
 
-template <typename T>
-RowSums row_sums(const T* dy, const T* x, int64_t n, int64_t variant, T v, T left, T inst, T gamma, bool act) {
+template <typename T, typename In>
+RowSums row_sums(const In* dy, const In* x, int64_t n, int64_t variant, T v, T left, T inst, T gamma, bool act) {
   using V = Vectorized<T>;
   const V vv(v), lv(left), iv(inst), gv(gamma);
   V a_dy_out(T(0)), a_dy(T(0)), a_total(T(0)), a_right(T(0)), a_right_x(T(0));
   for_each_vector<T>(n, [&](int64_t i, auto cnt) {  // partial loads fill with zeros: dy = 0 adds nothing
-    V xv = V::loadu(x + i, cnt), d = V::loadu(dy + i, cnt);
+    V xv = load<T>(x + i, cnt), d = load<T>(dy + i, cnt);
     Local<T> t = local_terms(xv, d, variant, vv, lv, iv, gv, act);
     a_dy_out = at::vec::fmadd(d, t.out, a_dy_out);
     a_dy += d;
@@ -233,13 +233,13 @@ inline DxCoefficients dx_coefficients(const RowSums& s, int64_t variant, int64_t
   return {coef + left_coef, bmean, coef * bmean};
 }
 
-template <typename T>
+template <typename T, typename In>
 void backward_contiguous(const Tensor& dy, const Tensor& x, const T* vp, const T* wp, const T* bmean, const T* left,
                          const T* imean, const T* inst, Tensor& dx, T* grads, int64_t variant, bool act, bool batch_statistics) {
   using V = Vectorized<T>;
   const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1);
-  const T *xp = x.const_data_ptr<T>(), *dyp = dy.const_data_ptr<T>();
-  T* dxp = dx.mutable_data_ptr<T>();
+  const In *xp = x.const_data_ptr<In>(), *dyp = dy.const_data_ptr<In>();
+  In* dxp = dx.mutable_data_ptr<In>();
   at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
     std::vector<RowSums> sums(N);
     for (int64_t c = begin; c < end; ++c) {
@@ -261,26 +261,33 @@ void backward_contiguous(const Tensor& dy, const Tensor& x, const T* vp, const T
         const DxCoefficients k = dx_coefficients(sums[n], variant, L, inst[n * C + c], imean[n * C + c], bmean[c], left_coef);
         const V vv(vp[c]), lv(left[c]), iv(inst[n * C + c]), gv(wp[c]), kc(T(k.coef)), kz(T(k.centre)), ko(T(k.offset));
         for_each_vector<T>(L, [&](int64_t i, auto cnt) {
-          V xv = V::loadu(xp + off + i, cnt);
-          Local<T> t = local_terms(xv, V::loadu(dyp + off + i, cnt), variant, vv, lv, iv, gv, act);
-          input_gradient(direct_gradient(t, variant, vv, iv), xv, kc, kz, ko).store(dxp + off + i, cnt);
+          V xv = load<T>(xp + off + i, cnt);
+          Local<T> t = local_terms(xv, load<T>(dyp + off + i, cnt), variant, vv, lv, iv, gv, act);
+          store(input_gradient(direct_gradient(t, variant, vv, iv), xv, kc, kz, ko), dxp + off + i, cnt);
         });
       }
     }
   });
 }
 
-template <typename T>
+template <typename T, typename In>
 void backward_channels_last(const Tensor& dy, const Tensor& x, const T* vp, const T* wp, const T* bmean, const T* left,
                             const T* imean, const T* inst, Tensor& dx, T* grads, int64_t variant, bool act,
                             bool batch_statistics) {
   using V = Vectorized<T>;
   const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1);
   const int64_t blocks = (L + kBlock - 1) / kBlock;
-  const T *xp = x.const_data_ptr<T>(), *dyp = dy.const_data_ptr<T>();
-  T* dxp = dx.mutable_data_ptr<T>();
+  const In *xp = x.const_data_ptr<In>(), *dyp = dy.const_data_ptr<In>();
+  In* dxp = dx.mutable_data_ptr<In>();
   constexpr int64_t kSums = 5;  // per block and channel, the RowSums fields in order
   std::vector<double> block_sums(N * blocks * kSums * C, 0.0);
+  // dx's part at fixed statistics goes into dx, or for a half-type dx into a float buffer (rounded once)
+  const Tensor buffer = at::empty({std::is_same_v<T, In> ? 0 : x.numel()}, x.options().dtype(c10::CppTypeToScalarType<T>::value));
+  T* const buffer_data = buffer.mutable_data_ptr<T>();
+  const auto fixed_part = [&](int64_t offset) -> T* {
+    if constexpr (std::is_same_v<T, In>) return dxp + offset;
+    else return buffer_data + offset;
+  };
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> acc(kSums * C);  // row by row (each row's C values are contiguous), L1-resident sums
     for (int64_t nb = begin; nb < end; ++nb) {
@@ -291,7 +298,7 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const T* vp, cons
       for (int64_t l = l0; l < l0 + rows; ++l) {
         const int64_t row = (n * L + l) * C;
         for_each_vector<T>(C, [&](int64_t c, auto cnt) {
-          V xv = V::loadu(xp + row + c, cnt), d = V::loadu(dyp + row + c, cnt);
+          V xv = load<T>(xp + row + c, cnt), d = load<T>(dyp + row + c, cnt);
           V vv = V::loadu(vp + c, cnt), iv = V::loadu(in + c, cnt);
           Local<T> t = local_terms(xv, d, variant, vv, V::loadu(left + c, cnt), iv, V::loadu(wp + c, cnt), act);
           at::vec::fmadd(d, t.out, V::loadu(a + c, cnt)).store(a + c, cnt);
@@ -299,7 +306,7 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const T* vp, cons
           at::vec::fmadd(t.out, t.g, V::loadu(a + 2 * C + c, cnt)).store(a + 2 * C + c, cnt);
           (V::loadu(a + 3 * C + c, cnt) + t.ndr).store(a + 3 * C + c, cnt);
           at::vec::fmadd(t.ndr, xv, V::loadu(a + 4 * C + c, cnt)).store(a + 4 * C + c, cnt);
-          direct_gradient(t, variant, vv, iv).store(dxp + row + c, cnt);
+          direct_gradient(t, variant, vv, iv).store(fixed_part(row + c), cnt);
         });
       }
       double* out = block_sums.data() + nb * kSums * C;
@@ -342,9 +349,9 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const T* vp, cons
       for (int64_t l = l0; l < l0 + rows; ++l) {
         const int64_t row = (n * L + l) * C;
         for_each_vector<T>(C, [&](int64_t c, auto cnt) {
-          input_gradient(V::loadu(dxp + row + c, cnt), V::loadu(xp + row + c, cnt), V::loadu(kc + c, cnt),
-                         V::loadu(kz + c, cnt), V::loadu(ko + c, cnt))
-              .store(dxp + row + c, cnt);
+          store(input_gradient(V::loadu(fixed_part(row + c), cnt), load<T>(xp + row + c, cnt), V::loadu(kc + c, cnt),
+                               V::loadu(kz + c, cnt), V::loadu(ko + c, cnt)),
+                dxp + row + c, cnt);
         });
       }
     }
@@ -362,52 +369,50 @@ void check(const Tensor& x) {
 // y (x's dtype and layout); per channel (compute dtype) the batch variance, batch mean and left; per
 // (N, C) the instance mean and statistic.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> batch_forward(
-    const Tensor& x_in, const Tensor& v, const Tensor& w, const Tensor& b, const std::optional<Tensor>& running_var,
+    const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& b, const std::optional<Tensor>& running_var,
     int64_t variant, double eps, bool act) {
-  check(x_in);
-  const auto dtype = x_in.scalar_type();
-  const auto compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  const bool cl = is_channels_last(x_in);
-  const auto layout = cl ? x_in.suggest_memory_format() : at::MemoryFormat::Contiguous;
-  const Tensor x = x_in.to(compute);
+  check(x);
+  const auto compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const bool cl = is_channels_last(x);
+  const auto layout = cl ? x.suggest_memory_format() : at::MemoryFormat::Contiguous;
   const Tensor vc = v.to(compute).contiguous(), wc = w.to(compute).contiguous(), bc = b.to(compute).contiguous();
   const Tensor rv = running_var ? running_var->to(compute).contiguous() : Tensor();
   Tensor y = at::empty_like(x, x.options(), layout);
   const int64_t N = x.size(0), C = x.size(1);
-  Tensor bvar = at::empty({C}, x.options()), bmean = at::empty({C}, x.options()), left = at::empty({C}, x.options());
-  Tensor imean = at::empty({N, C}, x.options()), inst = at::empty({N, C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(compute, "evonorm_batch_forward", [&] {
-    const scalar_t* rvp = rv.defined() ? rv.const_data_ptr<scalar_t>() : nullptr;
-    auto run = cl ? forward_channels_last<scalar_t> : forward_contiguous<scalar_t>;
-    run(x, vc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>(), rvp, y,
-        bvar.mutable_data_ptr<scalar_t>(), bmean.mutable_data_ptr<scalar_t>(), left.mutable_data_ptr<scalar_t>(),
-        imean.mutable_data_ptr<scalar_t>(), inst.mutable_data_ptr<scalar_t>(), variant, eps, act);
+  const auto options = vc.options();
+  Tensor bvar = at::empty({C}, options), bmean = at::empty({C}, options), left = at::empty({C}, options);
+  Tensor imean = at::empty({N, C}, options), inst = at::empty({N, C}, options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "evonorm_batch_forward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const T* rvp = rv.defined() ? rv.const_data_ptr<T>() : nullptr;
+    auto run = cl ? forward_channels_last<T, scalar_t> : forward_contiguous<T, scalar_t>;
+    run(x, vc.const_data_ptr<T>(), wc.const_data_ptr<T>(), bc.const_data_ptr<T>(), rvp, y, bvar.mutable_data_ptr<T>(),
+        bmean.mutable_data_ptr<T>(), left.mutable_data_ptr<T>(), imean.mutable_data_ptr<T>(), inst.mutable_data_ptr<T>(),
+        variant, eps, act);
   });
-  return {y.to(dtype), bvar, bmean, left, imean, inst};
+  return {y, bvar, bmean, left, imean, inst};
 }
 
 // dx (x's dtype and layout) and the parameter gradients (3, C) in the compute dtype: dγ, dβ, dv.
-std::tuple<Tensor, Tensor> batch_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& v, const Tensor& w,
+std::tuple<Tensor, Tensor> batch_backward(const Tensor& dy_in, const Tensor& x, const Tensor& v, const Tensor& w,
                                           const Tensor& bmean, const Tensor& left, const Tensor& imean,
                                           const Tensor& inst, int64_t variant, bool act, bool batch_statistics) {
-  check(x_in);
-  const auto dtype = x_in.scalar_type();
+  check(x);
   const auto compute = left.scalar_type();
-  const bool cl = is_channels_last(x_in);
-  const auto layout = cl ? x_in.suggest_memory_format() : at::MemoryFormat::Contiguous;
-  const Tensor x = x_in.to(compute);
-  const Tensor dy = dy_in.to(compute).contiguous(layout);
+  const bool cl = is_channels_last(x);
+  const auto layout = cl ? x.suggest_memory_format() : at::MemoryFormat::Contiguous;
+  const Tensor dy = dy_in.to(x.scalar_type()).contiguous(layout);
   const Tensor vc = v.to(compute).contiguous(), wc = w.to(compute).contiguous();
   const Tensor bm = bmean.contiguous(), lf = left.contiguous(), im = imean.contiguous(), in = inst.contiguous();
   Tensor dx = at::empty_like(x, x.options(), layout);
-  Tensor grads = at::empty({3, x.size(1)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(compute, "evonorm_batch_backward", [&] {
-    auto run = cl ? backward_channels_last<scalar_t> : backward_contiguous<scalar_t>;
-    run(dy, x, vc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), bm.const_data_ptr<scalar_t>(),
-        lf.const_data_ptr<scalar_t>(), im.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(), dx,
-        grads.mutable_data_ptr<scalar_t>(), variant, act, batch_statistics);
+  Tensor grads = at::empty({3, x.size(1)}, vc.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "evonorm_batch_backward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    auto run = cl ? backward_channels_last<T, scalar_t> : backward_contiguous<T, scalar_t>;
+    run(dy, x, vc.const_data_ptr<T>(), wc.const_data_ptr<T>(), bm.const_data_ptr<T>(), lf.const_data_ptr<T>(),
+        im.const_data_ptr<T>(), in.const_data_ptr<T>(), dx, grads.mutable_data_ptr<T>(), variant, act, batch_statistics);
   });
-  return {dx.to(dtype), grads};
+  return {dx, grads};
 }
 
 }  // namespace

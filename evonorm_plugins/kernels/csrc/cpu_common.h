@@ -7,7 +7,9 @@
 #endif
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
@@ -29,6 +31,33 @@ inline void for_each_vector(int64_t n, const Body& body) {
   if (i < n) body(i, n - i);
 }
 
+// Tensors of a half type (BFloat16, Half) are computed in float: vectors are converted in registers as
+// they are loaded and stored, not through float32 copies of the tensors. ``load`` reads n ≤ size values.
+template <typename T, typename In>
+inline Vectorized<T> load(const In* p, int64_t n) {
+  if constexpr (std::is_same_v<T, In>) {
+    return Vectorized<T>::loadu(p, n);
+  } else {
+    if (n == Vectorized<T>::size()) {
+      Vectorized<float> out;
+      at::vec::load_to_float(p, out);
+      return out;
+    }
+    T values[Vectorized<T>::size()] = {};
+    for (int64_t i = 0; i < n; ++i) values[i] = T(p[i]);
+    return Vectorized<T>::loadu(values);
+  }
+}
+
+template <typename T, typename In>
+inline void store(const Vectorized<T>& v, In* p, int64_t n) {
+  if constexpr (std::is_same_v<T, In>) {
+    v.store(p, n);
+  } else {
+    at::vec::convert_from_float<In>(v, v).store(p, n);
+  }
+}
+
 // The lanes of an accumulator, added in double.
 template <typename T>
 inline double lane_sum(const Vectorized<T>& acc) {
@@ -40,29 +69,31 @@ inline double lane_sum(const Vectorized<T>& acc) {
 }
 
 // Sum of a row: vector lanes, then their combine and the tail in double.
-template <typename T>
-inline double row_sum(const T* x, int64_t n) {
+template <typename In>
+inline double row_sum(const In* x, int64_t n) {
+  using T = at::opmath_type<In>;
   using V = Vectorized<T>;
   V acc(T(0));
   int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) acc += V::loadu(x + i);
+  for (; i + V::size() <= n; i += V::size()) acc += load<T>(x + i, V::size());
   double s = lane_sum(acc);
-  for (; i < n; ++i) s += x[i];
+  for (; i < n; ++i) s += double(x[i]);
   return s;
 }
 
-template <typename T>
-inline double row_centred_squares(const T* x, int64_t n, T mean) {
+template <typename In>
+inline double row_centred_squares(const In* x, int64_t n, at::opmath_type<In> mean) {
+  using T = at::opmath_type<In>;
   using V = Vectorized<T>;
   V acc(T(0));
   const V m(mean);
   int64_t i = 0;
   for (; i + V::size() <= n; i += V::size()) {
-    V d = V::loadu(x + i) - m;
+    V d = load<T>(x + i, V::size()) - m;
     acc = at::vec::fmadd(d, d, acc);
   }
   double s = lane_sum(acc);
-  for (; i < n; ++i) s += double(x[i] - mean) * double(x[i] - mean);
+  for (; i < n; ++i) s += (double(x[i]) - double(mean)) * (double(x[i]) - double(mean));
   return s;
 }
 
@@ -70,14 +101,15 @@ inline double row_centred_squares(const T* x, int64_t n, T mean) {
 // the channel (one pass, accurate when the shift is near the mean), combined by the caller.
 constexpr int64_t kBlock = 256;
 
-template <typename T>
-void channel_block_moments(const T* x, int64_t rows, int64_t C, const T* shift, double* s1, double* s2) {
+template <typename In>
+void channel_block_moments(const In* x, int64_t rows, int64_t C, const In* shift, double* s1, double* s2) {
+  using T = at::opmath_type<In>;
   using V = Vectorized<T>;
   std::vector<T> acc(2 * C, T(0));  // row by row, the running sums in an L1-resident block
   T *a1 = acc.data(), *a2 = acc.data() + C;
   for (int64_t l = 0; l < rows; ++l) {
     for_each_vector<T>(C, [&](int64_t c, auto cnt) {
-      V d = V::loadu(x + l * C + c, cnt) - V::loadu(shift + c, cnt);
+      V d = load<T>(x + l * C + c, cnt) - load<T>(shift + c, cnt);
       (V::loadu(a1 + c, cnt) + d).store(a1 + c, cnt);
       at::vec::fmadd(d, d, V::loadu(a2 + c, cnt)).store(a2 + c, cnt);
     });

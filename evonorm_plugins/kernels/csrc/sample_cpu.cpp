@@ -53,29 +53,30 @@ inline Vectorized<double> sigmoid(const Vectorized<double>& z) {
 // ---- forward ------------------------------------------------------------------------------------------
 // y = a·(r·γ) + β, a = x·σ(v·x) (or x), r = (var + ε)^-½ (S0, S1) or (μ(x²) + ε)^-½ (S2) per group.
 
-template <typename T>
-void forward_row(const T* x, T* y, int64_t n, T v, T scale, T shift, bool act) {
+template <typename T, typename In>
+void forward_row(const In* x, In* y, int64_t n, T v, T scale, T shift, bool act) {
   using V = Vectorized<T>;
   const V vv(v), sc(scale), sh(shift);
   for_each_vector<T>(n, [&](int64_t i, auto cnt) {
-    V xv = V::loadu(x + i, cnt);
-    at::vec::fmadd(act ? xv * sigmoid(xv * vv) : xv, sc, sh).store(y + i, cnt);
+    V xv = load<T>(x + i, cnt);
+    store(at::vec::fmadd(act ? xv * sigmoid(xv * vv) : xv, sc, sh), y + i, cnt);
   });
 }
 
-template <typename T>
+template <typename In>
 void forward_contiguous(const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean,
                         Tensor& rstd, int64_t groups, int64_t variant, double eps, bool act) {
+  using T = at::opmath_type<In>;
   const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1), cg = C / groups;
-  const T* xp = x.const_data_ptr<T>();
+  const In* xp = x.const_data_ptr<In>();
   const T *vp = v.const_data_ptr<T>(), *wp = w.const_data_ptr<T>(), *bp = b.const_data_ptr<T>();
-  T* yp = y.mutable_data_ptr<T>();
+  In* yp = y.mutable_data_ptr<In>();
   T *mp = mean.mutable_data_ptr<T>(), *rp = rstd.mutable_data_ptr<T>();
   const int64_t M = cg * L;
   at::parallel_for(0, N * groups, 1, [&](int64_t begin, int64_t end) {
     for (int64_t ng = begin; ng < end; ++ng) {
       const int64_t g = ng % groups;
-      const T* xg = xp + ng * M;
+      const In* xg = xp + ng * M;
       double mu = row_sum(xg, M) / double(M);
       double var = row_centred_squares(xg, M, T(mu)) / double(M);
       double r;
@@ -96,8 +97,8 @@ void forward_contiguous(const Tensor& x, const Tensor& v, const Tensor& w, const
 }
 
 // Per-instance group statistics of a channels-last input, mean and r per (N, G), from block sums.
-template <typename T>
-void channels_last_statistics(const T* xp, int64_t N, int64_t C, int64_t L, int64_t groups, int64_t variant,
+template <typename T, typename In>
+void channels_last_statistics(const In* xp, int64_t N, int64_t C, int64_t L, int64_t groups, int64_t variant,
                               double eps, T* mp, T* rp) {
   const int64_t blocks = (L + kBlock - 1) / kBlock, cg = C / groups;
   std::vector<double> s1(N * blocks * C, 0.0), s2(N * blocks * C, 0.0);
@@ -147,19 +148,20 @@ void for_each_chunk(int64_t N, int64_t blocks, const Body& body) {
   for (int64_t n0 = 0; n0 < N; n0 += per_chunk) body(n0, std::min(per_chunk, N - n0));
 }
 
-template <typename T>
+template <typename In>
 void forward_channels_last(const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& b, Tensor& y,
                            Tensor& mean, Tensor& rstd, int64_t groups, int64_t variant, double eps, bool act) {
+  using T = at::opmath_type<In>;
   using V = Vectorized<T>;
   const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1), cg = C / groups;
   const int64_t blocks = (L + kBlock - 1) / kBlock;
-  const T *xp = x.const_data_ptr<T>(), *vp = v.const_data_ptr<T>(), *wp = w.const_data_ptr<T>();
-  const T* bp = b.const_data_ptr<T>();
-  T* yp = y.mutable_data_ptr<T>();
+  const In* xp = x.const_data_ptr<In>();
+  const T *vp = v.const_data_ptr<T>(), *wp = w.const_data_ptr<T>(), *bp = b.const_data_ptr<T>();
+  In* yp = y.mutable_data_ptr<In>();
   T *mp = mean.mutable_data_ptr<T>(), *rp = rstd.mutable_data_ptr<T>();
   std::vector<T> scale(N * C);
   for_each_chunk(N, blocks, [&](int64_t n0, int64_t count) {
-    channels_last_statistics(xp + n0 * L * C, count, C, L, groups, variant, eps, mp + n0 * groups, rp + n0 * groups);
+    channels_last_statistics<T>(xp + n0 * L * C, count, C, L, groups, variant, eps, mp + n0 * groups, rp + n0 * groups);
     for (int64_t n = n0; n < n0 + count; ++n)
       for (int64_t c = 0; c < C; ++c) scale[n * C + c] = rp[n * groups + c / cg] * wp[c];
     at::parallel_for(n0 * blocks, (n0 + count) * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -167,12 +169,12 @@ void forward_channels_last(const Tensor& x, const Tensor& v, const Tensor& w, co
         const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
         const T* sc = scale.data() + n * C;
         for (int64_t l = l0; l < l0 + rows; ++l) {
-          const T* xr = xp + (n * L + l) * C;
-          T* yr = yp + (n * L + l) * C;
+          const In* xr = xp + (n * L + l) * C;
+          In* yr = yp + (n * L + l) * C;
           for_each_vector<T>(C, [&](int64_t c, auto cnt) {
-            V xv = V::loadu(xr + c, cnt);
+            V xv = load<T>(xr + c, cnt);
             V a = act ? xv * sigmoid(xv * V::loadu(vp + c, cnt)) : xv;
-            at::vec::fmadd(a, V::loadu(sc + c, cnt), V::loadu(bp + c, cnt)).store(yr + c, cnt);
+            store(at::vec::fmadd(a, V::loadu(sc + c, cnt), V::loadu(bp + c, cnt)), yr + c, cnt);
           });
         }
       }
@@ -190,13 +192,13 @@ struct RowSums {
 };
 
 // Pass 1 over a row: the three sums, σ(v·x) kept in ``s_out``.
-template <typename T>
-RowSums<T> backward_row_sums(const T* dy, const T* x, T* s_out, int64_t n, T v, bool act) {
+template <typename T, typename In>
+RowSums<T> backward_row_sums(const In* dy, const In* x, T* s_out, int64_t n, T v, bool act) {
   using V = Vectorized<T>;
   const V vv(v), one(T(1));
   V acc_a(T(0)), acc_dy(T(0)), acc_v(T(0));
   for_each_vector<T>(n, [&](int64_t i, auto cnt) {  // partial loads fill with zeros: dy = 0 adds nothing
-    V xv = V::loadu(x + i, cnt), d = V::loadu(dy + i, cnt);
+    V xv = load<T>(x + i, cnt), d = load<T>(dy + i, cnt);
     acc_dy += d;
     if (act) {
       V s = sigmoid(xv * vv);
@@ -211,29 +213,30 @@ RowSums<T> backward_row_sums(const T* dy, const T* x, T* s_out, int64_t n, T v, 
   return {T(lane_sum(acc_a)), T(lane_sum(acc_dy)), T(lane_sum(acc_v))};
 }
 
-template <typename T>
-void backward_row_dx(const T* dy, const T* x, const T* s_in, T* dx, int64_t n, T v, T k, T mu, T coef, bool act) {
+template <typename T, typename In>
+void backward_row_dx(const In* dy, const In* x, const T* s_in, In* dx, int64_t n, T v, T k, T mu, T coef, bool act) {
   using V = Vectorized<T>;
   const V vv(v), kk(k), mm(mu), cc(coef), one(T(1));
   for_each_vector<T>(n, [&](int64_t i, auto cnt) {
-    V xv = V::loadu(x + i, cnt), d = V::loadu(dy + i, cnt) * kk;
+    V xv = load<T>(x + i, cnt), d = load<T>(dy + i, cnt) * kk;
     if (act) {
       V s = V::loadu(s_in + i, cnt);
       d = d * (s * at::vec::fmadd(xv * vv, one - s, one));
     }
-    at::vec::fmadd(xv - mm, cc, d).store(dx + i, cnt);
+    store(at::vec::fmadd(xv - mm, cc, d), dx + i, cnt);
   });
 }
 
-template <typename T>
+template <typename In>
 void backward_contiguous(const Tensor& dy, const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& mean,
                          const Tensor& rstd, Tensor& dx, Tensor& partial, int64_t groups, bool act) {
+  using T = at::opmath_type<In>;
   const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1), cg = C / groups;
   const int64_t M = cg * L;
-  const T *xp = x.const_data_ptr<T>(), *dyp = dy.const_data_ptr<T>();
+  const In *xp = x.const_data_ptr<In>(), *dyp = dy.const_data_ptr<In>();
   const T *vp = v.const_data_ptr<T>(), *wp = w.const_data_ptr<T>();
   const T *mp = mean.const_data_ptr<T>(), *rp = rstd.const_data_ptr<T>();
-  T* dxp = dx.mutable_data_ptr<T>();
+  In* dxp = dx.mutable_data_ptr<In>();
   T* pp = partial.mutable_data_ptr<T>();  // (3, N, C): Σdy·a·r, Σdy, Σdy·a·(1−s)·x·γ·r per instance
   at::parallel_for(0, N * groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> scratch(act ? M : 0);
@@ -258,16 +261,17 @@ void backward_contiguous(const Tensor& dy, const Tensor& x, const Tensor& v, con
   });
 }
 
-template <typename T>
+template <typename In>
 void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& mean,
                             const Tensor& rstd, Tensor& dx, Tensor& partial, int64_t groups, bool act) {
+  using T = at::opmath_type<In>;
   using V = Vectorized<T>;
   const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(N * C, 1), cg = C / groups;
   const int64_t blocks = (L + kBlock - 1) / kBlock;
-  const T *xp = x.const_data_ptr<T>(), *dyp = dy.const_data_ptr<T>();
+  const In *xp = x.const_data_ptr<In>(), *dyp = dy.const_data_ptr<In>();
   const T *vp = v.const_data_ptr<T>(), *wp = w.const_data_ptr<T>();
   const T *mp = mean.const_data_ptr<T>(), *rp = rstd.const_data_ptr<T>();
-  T* dxp = dx.mutable_data_ptr<T>();
+  In* dxp = dx.mutable_data_ptr<In>();
   T* pp = partial.mutable_data_ptr<T>();  // (3, N, C) as in backward_contiguous
   std::vector<double> sums;               // per block of the chunk: Σdy·a, Σdy, Σdy·a·(1−s)·x per channel
   // per instance and channel: γ·r and μ, known before the sums, and coef, known after them
@@ -278,8 +282,16 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
       mvec[n * C + c] = mp[n * groups + c / cg];
     }
   // The reductions pass also writes dx's part at fixed statistics, dy·γ·r·∂a/∂x, into dx, and the second
-  // pass adds the statistic's (x − μ)·coef: σ once per element, and no buffer beside dx.
+  // pass adds the statistic's (x − μ)·coef: σ once per element, and no buffer beside dx. A half-type dx
+  // takes the part in a float buffer of the chunk instead, so that it is rounded once, at the end.
+  Tensor buffer = at::empty({0}, x.options().dtype(c10::CppTypeToScalarType<T>::value));
   for_each_chunk(N, blocks, [&](int64_t n0, int64_t count) {
+    if (!std::is_same_v<T, In> && buffer.numel() < count * L * C) buffer = at::empty({count * L * C}, buffer.options());
+    T* const buffer_data = buffer.mutable_data_ptr<T>();
+    const auto fixed_part = [&](int64_t offset) -> T* {
+      if constexpr (std::is_same_v<T, In>) return dxp + offset;
+      else return buffer_data + offset - n0 * L * C;
+    };
     sums.assign(count * blocks * 3 * C, 0.0);
     at::parallel_for(n0 * blocks, (n0 + count) * blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> acc(3 * C);  // row by row (each row's C values are contiguous), L1-resident sums
@@ -292,7 +304,7 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
           const int64_t row = (n * L + l) * C;
           for_each_vector<T>(C, [&](int64_t c, auto cnt) {
             const V one(T(1));
-            V xv = V::loadu(xp + row + c, cnt), d = V::loadu(dyp + row + c, cnt);
+            V xv = load<T>(xp + row + c, cnt), d = load<T>(dyp + row + c, cnt);
             V e = d * V::loadu(kn + c, cnt);
             (V::loadu(acc_dy + c, cnt) + d).store(acc_dy + c, cnt);
             if (act) {
@@ -304,7 +316,7 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
             } else {
               at::vec::fmadd(d, xv, V::loadu(acc_a + c, cnt)).store(acc_a + c, cnt);
             }
-            e.store(dxp + row + c, cnt);
+            e.store(fixed_part(row + c), cnt);
           });
         }
         double* out = sums.data() + (nb - n0 * blocks) * 3 * C;
@@ -345,9 +357,9 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
         for (int64_t l = l0; l < l0 + rows; ++l) {
           const int64_t row = (n * L + l) * C;
           for_each_vector<T>(C, [&](int64_t c, auto cnt) {
-            V xv = V::loadu(xp + row + c, cnt);
-            at::vec::fmadd(xv - V::loadu(mn + c, cnt), V::loadu(cn + c, cnt), V::loadu(dxp + row + c, cnt))
-                .store(dxp + row + c, cnt);
+            V xv = load<T>(xp + row + c, cnt);
+            store(at::vec::fmadd(xv - V::loadu(mn + c, cnt), V::loadu(cn + c, cnt), V::loadu(fixed_part(row + c), cnt)),
+                  dxp + row + c, cnt);
           });
         }
       }
@@ -363,47 +375,43 @@ void check(const Tensor& x, int64_t groups) {
   TORCH_CHECK(x.is_contiguous() || is_channels_last(x), "evonorm sample kernels: contiguous or channels-last input");
 }
 
-std::tuple<Tensor, Tensor, Tensor> sample_forward(const Tensor& x_in, const Tensor& v, const Tensor& w, const Tensor& b,
+std::tuple<Tensor, Tensor, Tensor> sample_forward(const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& b,
                                                   int64_t groups, int64_t variant, double eps, bool act) {
-  check(x_in, groups);
-  const auto dtype = x_in.scalar_type();
-  const auto compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  const auto layout = is_channels_last(x_in) ? x_in.suggest_memory_format() : at::MemoryFormat::Contiguous;
-  const Tensor x = x_in.to(compute);  // no copy for float32 and float64
+  check(x, groups);
+  const auto compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto layout = is_channels_last(x) ? x.suggest_memory_format() : at::MemoryFormat::Contiguous;
   const Tensor vc = v.to(compute).contiguous(), wc = w.to(compute).contiguous(), bc = b.to(compute).contiguous();
   Tensor y = at::empty_like(x, x.options(), layout);
   const int64_t N = x.size(0);
-  Tensor mean = at::empty({N, groups}, x.options()), rstd = at::empty({N, groups}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(compute, "evonorm_sample_forward", [&] {
+  Tensor mean = at::empty({N, groups}, vc.options()), rstd = at::empty({N, groups}, vc.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "evonorm_sample_forward", [&] {
     if (layout == at::MemoryFormat::Contiguous)
       forward_contiguous<scalar_t>(x, vc, wc, bc, y, mean, rstd, groups, variant, eps, act);
     else
       forward_channels_last<scalar_t>(x, vc, wc, bc, y, mean, rstd, groups, variant, eps, act);
   });
-  return {y.to(dtype), mean, rstd};
+  return {y, mean, rstd};
 }
 
 // dx (x's dtype and layout) and the per-instance partial parameter gradients (3, N, C) in the compute
 // dtype, summed over N by the caller: dγ, dβ, dv.
-std::tuple<Tensor, Tensor> sample_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& v, const Tensor& w,
+std::tuple<Tensor, Tensor> sample_backward(const Tensor& dy_in, const Tensor& x, const Tensor& v, const Tensor& w,
                                            const Tensor& mean, const Tensor& rstd, int64_t groups, bool act) {
-  check(x_in, groups);
-  const auto dtype = x_in.scalar_type();
+  check(x, groups);
   const auto compute = mean.scalar_type();
-  const bool cl = is_channels_last(x_in);
-  const auto layout = cl ? x_in.suggest_memory_format() : at::MemoryFormat::Contiguous;
-  const Tensor x = x_in.to(compute);
-  const Tensor dy = dy_in.to(compute).contiguous(layout);
+  const bool cl = is_channels_last(x);
+  const auto layout = cl ? x.suggest_memory_format() : at::MemoryFormat::Contiguous;
+  const Tensor dy = dy_in.to(x.scalar_type()).contiguous(layout);
   const Tensor vc = v.to(compute).contiguous(), wc = w.to(compute).contiguous();
   Tensor dx = at::empty_like(x, x.options(), layout);
-  Tensor partial = at::empty({3, x.size(0), x.size(1)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(compute, "evonorm_sample_backward", [&] {
+  Tensor partial = at::empty({3, x.size(0), x.size(1)}, vc.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "evonorm_sample_backward", [&] {
     if (cl)
       backward_channels_last<scalar_t>(dy, x, vc, wc, mean, rstd, dx, partial, groups, act);
     else
       backward_contiguous<scalar_t>(dy, x, vc, wc, mean, rstd, dx, partial, groups, act);
   });
-  return {dx.to(dtype), partial};
+  return {dx, partial};
 }
 
 }  // namespace

@@ -111,6 +111,29 @@ def test_float64_to_rounding_and_bfloat16(name):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", sorted(S_LAYERS) + sorted(B_LAYERS))
+def test_half_types_convert_in_the_kernels(name, dtype, channels_last):
+    """Half-type tensors are read and written as such (converted in registers, computed in float): the
+    results are those of float32 on the rounded input, rounded once, in x's dtype and layout."""
+    layer = make(name, 16, 4, True)
+    x, grad = (torch.randn(2, 16, 9, 7) * 2).to(dtype), torch.randn(2, 16, 9, 7).to(dtype)
+    if channels_last:
+        x, grad = x.to(memory_format=torch.channels_last), grad.to(memory_format=torch.channels_last)
+    y, dx, grads = run(copy.deepcopy(layer), x, grad, "compiled")
+    y_ref, dx_ref, grads_ref = run(copy.deepcopy(layer), x.float(), grad.float(), "reference")
+    assert y.dtype == dx.dtype == dtype
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    assert y.is_contiguous(memory_format=memory_format) and dx.is_contiguous(memory_format=memory_format)
+    resolution = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11
+    for got, expected in [(y, y_ref), (dx, dx_ref)]:
+        scale = expected.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(got.float() / scale, expected / scale, rtol=2 * resolution, atol=2 * resolution)
+    for got, expected in zip(grads, grads_ref):  # float32 parameters: sums over the rounded input, unrounded
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 def test_inlined_sigmoid_far_out_and_nan(channels_last):
     """σ's inlined exp clamps its argument at ±88: with v·x out to ±600 outputs and gradients still match
     float64, and a NaN stays in its own group."""
