@@ -1,10 +1,11 @@
 // EvoNorm-B0/B1/B2 forward and closed-form backward on CPU, hand-fused (see kernels/native.py).
 //
 // The spec is kernels/batch.py (same formulas, same notation); the test tying them is
-// tests/kernels/test_native.py. On the view (N, C, L), per channel c: left = √(s²_{N,L} + ε) (the
-// running variance in eval), per instance: B0 right = v·x + si, si = √(s²_L + ε); B1 right = (x + 1)·ri,
-// B2 right = ri − x, ri = √(μ_L(x²) + ε); d = max(left, right) (left alone without the activation);
-// y = x/d·γ + β. The batch statistic couples a channel's N instances, so:
+// tests/evonorm_plugins/kernels/test_native.py. On the view (N, C, L), per channel c:
+// left = √(s²_{N,L} + ε) (the running variance in eval); per instance: B0 right = v·x + si,
+// si = √(s²_L + ε); B1 right = (x + 1)·ri, B2 right = ri − x, ri = √(μ_L(x²) + ε);
+// d = max(left, right) (left alone without the activation); y = x/d·γ + β. The batch statistic couples
+// a channel's N instances, so:
 //  * contiguous input: each channel's N rows of L values (strided by C·L) are processed together while
 //    they sit in L1/L2: instance and batch statistics, then output, from one read of x from memory; the
 //    backward's reductions and dx likewise, recomputing d (no transcendental) in the dx pass;
@@ -12,6 +13,8 @@
 //    the threads, combined per instance and channel, then per channel, then an element-wise pass; the
 //    backward's reductions pass writes dx's part at fixed statistics into dx, and the second pass adds
 //    the statistics' part.
+// Half-type tensors (bf16, fp16) are read and written as such and computed in float (load and store in
+// cpu_common.h).
 #include <torch/library.h>
 
 #include <optional>

@@ -1,7 +1,8 @@
 // EvoNorm-S0/S1/S2 forward and closed-form backward on CPU, hand-fused (see kernels/native.py).
 //
 // The spec is kernels/sample.py (same formulas, same notation); the test tying them is
-// tests/kernels/test_native.py. What a hand-written kernel does that Inductor's generated loops do not:
+// tests/evonorm_plugins/kernels/test_native.py. What a hand-written kernel does that Inductor's
+// generated loops do not:
 //  * contiguous input: each group (C/G channels × L values, contiguous) is processed whole while it sits
 //    in L1/L2: statistics and output in one read of x from memory, and a backward that keeps σ(v·x)
 //    from its reduction pass for its dx pass in a per-thread scratch row (one σ per element instead of
@@ -11,6 +12,8 @@
 //    before its second pass, so the backward's reductions pass writes dx's part at fixed statistics
 //    (all that needs σ) into dx, and the second pass adds the statistic's part;
 //  * σ itself with its exp inlined (see sigmoid).
+// Half-type tensors (bf16, fp16) are read and written as such and computed in float (load and store in
+// cpu_common.h).
 // Sums accumulate in vectors of the compute type, rows (and blocks) are combined in double.
 #include <torch/library.h>
 
