@@ -13,6 +13,9 @@ left = √(s²_{N,L} + ε) per channel (the running variance in eval), per insta
 with ∂si/∂x = (x − μ_L)/(L·si), ∂ri/∂x = x/(L·ri), ∂left/∂x = (x − μ_{N,L})/(N·L·left) in training
 (0 in eval). Where left and right tie, the gradient goes to ``left`` (torch.maximum splits it; ties
 have measure zero for real-valued inputs).
+
+These functions are the spec, and the kernels wherever the hand-written CPU ones (:mod:`.native`,
+``csrc/batch_cpu.cpp``) do not run: on GPU, without a C++ toolchain, in the ``"eager"`` mode.
 """
 from typing import Optional, Tuple
 

@@ -4,8 +4,8 @@
 Why not Inductor's loops: a hand-fused kernel processes each group (S-series) or channel (B-series)
 while it sits in cache, so x is read from memory once in the forward and σ(v·x) is computed once in the
 backward (Inductor's generated backward reads x and dy twice and computes σ twice; σ is most of the
-S-series' arithmetic). On CPU the
-``"compiled"`` kernel mode runs these kernels where they build, and Inductor's where they do not.
+S-series' arithmetic). On CPU the ``"compiled"`` kernel mode runs these kernels where they build, and
+Inductor's where they do not.
 
 The extension is built with ``torch.utils.cpp_extension.load`` (ninja and a C++ compiler) once per
 source, torch, Python and CPU vector extension (AVX2, AVX-512, ...: each a build of its own, so a cache

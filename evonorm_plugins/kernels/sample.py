@@ -17,6 +17,9 @@ The kernels take and return 4-D views made outside them (:func:`_view`), so that
 ``torch.compile`` every size is a symbol of its own: computed inside, C/G is a floor division of two
 symbols, and Inductor, unable to prove the loops of a grouped and a flat view equal, split the backward
 into five passes over the input instead of two.
+
+These functions are the spec, and the kernels wherever the hand-written CPU ones (:mod:`.native`,
+``csrc/sample_cpu.cpp``) do not run: on GPU, without a C++ toolchain, in the ``"eager"`` mode.
 """
 import math
 from typing import Optional, Tuple
