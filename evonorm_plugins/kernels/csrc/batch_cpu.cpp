@@ -38,6 +38,26 @@ void instance_statistic(double mu, double var, int64_t variant, double eps, T* i
   }
 }
 
+// A channel's batch variance, mean and left from its N instances' means and biased variances (``stride``
+// apart): mean instance variance + variance of the instance means; the running variance and mean 0 in
+// eval.
+template <typename T>
+void batch_statistic(const double* means, const double* vars, int64_t N, int64_t stride, const T* running_var, int64_t c,
+                     double eps, T* bvar, T* bmean, T* left) {
+  if (running_var) {
+    bvar[c] = running_var[c];
+    bmean[c] = T(0);
+  } else {
+    double mean_sum = 0, var_sum = 0, spread = 0;
+    for (int64_t n = 0; n < N; ++n) mean_sum += means[n * stride], var_sum += vars[n * stride];
+    const double mu = mean_sum / double(N);
+    for (int64_t n = 0; n < N; ++n) spread += (means[n * stride] - mu) * (means[n * stride] - mu);
+    bvar[c] = T((var_sum + spread) / double(N));
+    bmean[c] = T(mu);
+  }
+  left[c] = T(std::sqrt(double(bvar[c]) + eps));
+}
+
 // right for a vector of x (variant 0: v·x + si; 1: (x + 1)·ri; 2: ri − x).
 template <typename T>
 inline Vectorized<T> right_term(const Vectorized<T>& x, int64_t variant, const Vectorized<T>& v, const Vectorized<T>& inst) {
@@ -70,26 +90,13 @@ void forward_contiguous(const Tensor& x, const T* vp, const T* wp, const T* bp, 
   at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> means(N), vars(N);
     for (int64_t c = begin; c < end; ++c) {
-      double mean_sum = 0, var_sum = 0;
       for (int64_t n = 0; n < N; ++n) {
         const In* row = xp + (n * C + c) * L;
         means[n] = row_sum(row, L) / double(L);
         vars[n] = row_centred_squares(row, L, T(means[n])) / double(L);
-        mean_sum += means[n];
-        var_sum += vars[n];
         instance_statistic(means[n], vars[n], variant, eps, imean + n * C + c, inst + n * C + c);
       }
-      if (running_var) {
-        bvar[c] = running_var[c];
-        bmean[c] = T(0);
-      } else {
-        const double mu = mean_sum / double(N);
-        double spread = 0;
-        for (int64_t n = 0; n < N; ++n) spread += (means[n] - mu) * (means[n] - mu);
-        bvar[c] = T((var_sum + spread) / double(N));
-        bmean[c] = T(mu);
-      }
-      left[c] = T(std::sqrt(double(bvar[c]) + eps));
+      batch_statistic(means.data(), vars.data(), N, 1, running_var, c, eps, bvar, bmean, left);
       for (int64_t n = 0; n < N; ++n)
         output_row(xp + (n * C + c) * L, yp + (n * C + c) * L, L, variant, vp[c], left[c], inst[n * C + c], wp[c], bp[c], act);
     }
@@ -125,20 +132,8 @@ void forward_channels_last(const Tensor& x, const T* vp, const T* wp, const T* b
       instance_statistic(means[n * C + c], vars[n * C + c], variant, eps, imean + n * C + c, inst + n * C + c);
     }
   }
-  for (int64_t c = 0; c < C; ++c) {
-    if (running_var) {
-      bvar[c] = running_var[c];
-      bmean[c] = T(0);
-    } else {
-      double mean_sum = 0, var_sum = 0, spread = 0;
-      for (int64_t n = 0; n < N; ++n) mean_sum += means[n * C + c], var_sum += vars[n * C + c];
-      const double mu = mean_sum / double(N);
-      for (int64_t n = 0; n < N; ++n) spread += (means[n * C + c] - mu) * (means[n * C + c] - mu);
-      bvar[c] = T((var_sum + spread) / double(N));
-      bmean[c] = T(mu);
-    }
-    left[c] = T(std::sqrt(double(bvar[c]) + eps));
-  }
+  for (int64_t c = 0; c < C; ++c)
+    batch_statistic(means.data() + c, vars.data() + c, N, C, running_var, c, eps, bvar, bmean, left);
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t nb = begin; nb < end; ++nb) {
       const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
@@ -236,6 +231,22 @@ inline DxCoefficients dx_coefficients(const RowSums& s, int64_t variant, int64_t
   return {coef + left_coef, bmean, coef * bmean};
 }
 
+// A channel's dγ, dβ, dv (into ``grads``, (3, C)) from its N instances' sums (``stride`` apart); returns
+// left's coefficient in dx, −Σ_N total/(N·L·left) (0 in eval).
+template <typename T>
+double channel_gradients(const RowSums* sums, int64_t N, int64_t stride, int64_t C, int64_t c, int64_t L, T left,
+                         bool batch_statistics, T* grads) {
+  double d_weight = 0, d_bias = 0, d_v = 0, total = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const RowSums& r = sums[n * stride];
+    d_weight += r.dy_out, d_bias += r.dy, d_v -= r.right_x, total += r.total - r.right;
+  }
+  grads[c] = T(d_weight);
+  grads[C + c] = T(d_bias);
+  grads[2 * C + c] = T(d_v);
+  return batch_statistics ? -total / (double(N * L) * double(left)) : 0.0;
+}
+
 template <typename T, typename In>
 void backward_contiguous(const Tensor& dy, const Tensor& x, const T* vp, const T* wp, const T* bmean, const T* left,
                          const T* imean, const T* inst, Tensor& dx, T* grads, int64_t variant, bool act, bool batch_statistics) {
@@ -246,19 +257,11 @@ void backward_contiguous(const Tensor& dy, const Tensor& x, const T* vp, const T
   at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
     std::vector<RowSums> sums(N);
     for (int64_t c = begin; c < end; ++c) {
-      double d_weight = 0, d_bias = 0, d_v = 0, total = 0;
       for (int64_t n = 0; n < N; ++n) {
         const int64_t off = (n * C + c) * L;
         sums[n] = row_sums(dyp + off, xp + off, L, variant, vp[c], left[c], inst[n * C + c], wp[c], act);
-        d_weight += sums[n].dy_out;
-        d_bias += sums[n].dy;
-        d_v -= sums[n].right_x;
-        total += sums[n].total - sums[n].right;
       }
-      grads[c] = T(d_weight);
-      grads[C + c] = T(d_bias);
-      grads[2 * C + c] = T(d_v);
-      const double left_coef = batch_statistics ? -total / (double(N * L) * double(left[c])) : 0.0;
+      const double left_coef = channel_gradients(sums.data(), N, 1, C, c, L, left[c], batch_statistics, grads);
       for (int64_t n = 0; n < N; ++n) {
         const int64_t off = (n * C + c) * L;
         const DxCoefficients k = dx_coefficients(sums[n], variant, L, inst[n * C + c], imean[n * C + c], bmean[c], left_coef);
@@ -327,17 +330,8 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const T* vp, cons
       }
     }
   std::vector<double> left_coef(C);
-  for (int64_t c = 0; c < C; ++c) {
-    double d_weight = 0, d_bias = 0, d_v = 0, total = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      const RowSums& r = sums[n * C + c];
-      d_weight += r.dy_out, d_bias += r.dy, d_v -= r.right_x, total += r.total - r.right;
-    }
-    grads[c] = T(d_weight);
-    grads[C + c] = T(d_bias);
-    grads[2 * C + c] = T(d_v);
-    left_coef[c] = batch_statistics ? -total / (double(N * L) * double(left[c])) : 0.0;
-  }
+  for (int64_t c = 0; c < C; ++c)
+    left_coef[c] = channel_gradients(sums.data() + c, N, C, C, c, L, left[c], batch_statistics, grads);
   std::vector<T> kcoef(N * C), kcentre(N * C), koffset(N * C);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c) {
@@ -363,18 +357,12 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const T* vp, cons
 
 // ---- operators ----------------------------------------------------------------------------------------
 
-void check(const Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu(), "evonorm batch kernels: CPU tensors only");
-  TORCH_CHECK(x.dim() >= 2, "evonorm batch kernels: an (N, C, ...) input");
-  TORCH_CHECK(x.is_contiguous() || is_channels_last(x), "evonorm batch kernels: contiguous or channels-last input");
-}
-
 // y (x's dtype and layout); per channel (compute dtype) the batch variance, batch mean and left; per
 // (N, C) the instance mean and statistic.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> batch_forward(
     const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& b, const std::optional<Tensor>& running_var,
     int64_t variant, double eps, bool act) {
-  check(x);
+  check_input(x, "batch");
   const auto compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const bool cl = is_channels_last(x);
   const auto layout = cl ? x.suggest_memory_format() : at::MemoryFormat::Contiguous;
@@ -400,7 +388,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> batch_forward(
 std::tuple<Tensor, Tensor> batch_backward(const Tensor& dy_in, const Tensor& x, const Tensor& v, const Tensor& w,
                                           const Tensor& bmean, const Tensor& left, const Tensor& imean,
                                           const Tensor& inst, int64_t variant, bool act, bool batch_statistics) {
-  check(x);
+  check_input(x, "batch");
   const auto compute = left.scalar_type();
   const bool cl = is_channels_last(x);
   const auto layout = cl ? x.suggest_memory_format() : at::MemoryFormat::Contiguous;

@@ -126,4 +126,11 @@ inline bool is_channels_last(const Tensor& x) {
   return x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d);
 }
 
+// What every kernel takes: a CPU tensor (N, C, ...), contiguous or channels-last.
+inline void check_input(const Tensor& x, const char* kernels) {
+  TORCH_CHECK(x.device().is_cpu(), "evonorm ", kernels, " kernels: CPU tensors only");
+  TORCH_CHECK(x.dim() >= 2, "evonorm ", kernels, " kernels: an (N, C, ...) input");
+  TORCH_CHECK(x.is_contiguous() || is_channels_last(x), "evonorm ", kernels, " kernels: contiguous or channels-last input");
+}
+
 }  // namespace evonorm_cpu

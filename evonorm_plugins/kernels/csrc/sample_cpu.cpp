@@ -373,9 +373,8 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
 // ---- operators ----------------------------------------------------------------------------------------
 
 void check(const Tensor& x, int64_t groups) {
-  TORCH_CHECK(x.device().is_cpu(), "evonorm sample kernels: CPU tensors only");
-  TORCH_CHECK(x.dim() >= 2 && groups > 0 && x.size(1) % groups == 0, "evonorm sample kernels: bad groups");
-  TORCH_CHECK(x.is_contiguous() || is_channels_last(x), "evonorm sample kernels: contiguous or channels-last input");
+  check_input(x, "sample");
+  TORCH_CHECK(groups > 0 && x.size(1) % groups == 0, "evonorm sample kernels: bad groups");
 }
 
 std::tuple<Tensor, Tensor, Tensor> sample_forward(const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& b,
