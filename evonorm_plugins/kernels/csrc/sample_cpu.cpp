@@ -7,10 +7,10 @@
 //    in L1/L2: statistics and output in one read of x from memory, and a backward that keeps σ(v·x)
 //    from its reduction pass for its dx pass in a per-thread scratch row (one σ per element instead of
 //    two, and x and dy read from memory once);
-//  * channels-last input (N, L, C): reductions vectorized across the contiguous channels, split over
-//    blocks of L for the threads and combined per instance; a statistic then needs a whole instance
-//    before its second pass, so the backward's reductions pass writes dx's part at fixed statistics
-//    (all that needs σ) into dx, and the second pass adds the statistic's part;
+//  * channels-last input (N, L, C): reductions vectorized across the contiguous channels over blocks of
+//    L, combined per instance; a statistic then needs a whole instance before its second pass, so each
+//    thread takes whole instances (see InstanceSchedule), and the backward's reductions pass writes dx's
+//    part at fixed statistics (all that needs σ) into dx, and the second pass adds the statistic's part;
 //  * σ itself with its exp inlined (see sigmoid).
 // Half-type tensors (bf16, fp16) are read and written as such and computed in float (load and store in
 // cpu_common.h).
@@ -99,57 +99,86 @@ void forward_contiguous(const Tensor& x, const Tensor& v, const Tensor& w, const
   });
 }
 
-// Per-instance group statistics of a channels-last input, mean and r per (N, G), from block sums.
+// One channels-last instance's group statistics, mean and r per group, from its block sums (s1, s2:
+// ``blocks`` rows of C, see channel_block_moments) and its first row ``x0``, the sums' shift.
 template <typename T, typename In>
-void channels_last_statistics(const In* xp, int64_t N, int64_t C, int64_t L, int64_t groups, int64_t variant,
-                              double eps, T* mp, T* rp) {
-  const int64_t blocks = (L + kBlock - 1) / kBlock, cg = C / groups;
-  std::vector<double> s1(N * blocks * C, 0.0), s2(N * blocks * C, 0.0);
-  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t nb = begin; nb < end; ++nb) {
-      const int64_t n = nb / blocks, blk = nb % blocks, l0 = blk * kBlock, rows = std::min(kBlock, L - l0);
-      channel_block_moments(xp + (n * L + l0) * C, rows, C, xp + n * L * C, s1.data() + nb * C, s2.data() + nb * C);
-    }
-  });
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      for (int64_t g = 0; g < groups; ++g) {
-        // per channel: mean_c and M2_c (sum of squares about mean_c); per group by the parallel-axis rule
-        double sum_means = 0, sum_m2 = 0, sum_mean_sq = 0;
-        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-          double t1 = 0, t2 = 0;
-          for (int64_t blk = 0; blk < blocks; ++blk) {
-            t1 += s1[(n * blocks + blk) * C + c];
-            t2 += s2[(n * blocks + blk) * C + c];
-          }
-          const double mean_c = double(xp[n * L * C + c]) + t1 / double(L);
-          sum_m2 += t2 - t1 * t1 / double(L);
-          sum_means += mean_c;
-          sum_mean_sq += mean_c * mean_c;
-        }
-        const double mu = sum_means / double(cg);
-        // clamped at 0 against rounding; a NaN stays NaN (std::max returns its first argument then)
-        const double var = std::max((sum_m2 + double(L) * (sum_mean_sq - cg * mu * mu)) / double(cg * L), 0.0);
-        if (variant == 2) {
-          mp[n * groups + g] = T(0);
-          rp[n * groups + g] = T(1.0 / std::sqrt(var + mu * mu + eps));
-        } else {
-          mp[n * groups + g] = T(mu);
-          rp[n * groups + g] = T(1.0 / std::sqrt(var + eps));
-        }
+void instance_statistics(const double* s1, const double* s2, const In* x0, int64_t blocks, int64_t C, int64_t L,
+                         int64_t groups, int64_t variant, double eps, T* mp, T* rp) {
+  const int64_t cg = C / groups;
+  for (int64_t g = 0; g < groups; ++g) {
+    // per channel: mean_c and M2_c (sum of squares about mean_c); per group by the parallel-axis rule
+    double sum_means = 0, sum_m2 = 0, sum_mean_sq = 0;
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+      double t1 = 0, t2 = 0;
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        t1 += s1[blk * C + c];
+        t2 += s2[blk * C + c];
       }
+      const double mean_c = double(x0[c]) + t1 / double(L);
+      sum_m2 += t2 - t1 * t1 / double(L);
+      sum_means += mean_c;
+      sum_mean_sq += mean_c * mean_c;
     }
-  });
+    const double mu = sum_means / double(cg);
+    // clamped at 0 against rounding; a NaN stays NaN (std::max returns its first argument then)
+    const double var = std::max((sum_m2 + double(L) * (sum_mean_sq - cg * mu * mu)) / double(cg * L), 0.0);
+    if (variant == 2) {
+      mp[g] = T(0);
+      rp[g] = T(1.0 / std::sqrt(var + mu * mu + eps));
+    } else {
+      mp[g] = T(mu);
+      rp[g] = T(1.0 / std::sqrt(var + eps));
+    }
+  }
 }
 
-// Channels-last work goes in chunks of whole instances, the fewest that give every thread a block: a
-// kernel's second pass then finds the chunk's values in cache (at::parallel_for hands each thread the
-// same blocks in both passes).
-template <typename Body>
-void for_each_chunk(int64_t N, int64_t blocks, const Body& body) {
-  const int64_t per_chunk = std::min(N, std::max<int64_t>(1, (at::get_num_threads() + blocks - 1) / blocks));
-  for (int64_t n0 = 0; n0 < N; n0 += per_chunk) body(n0, std::min(per_chunk, N - n0));
-}
+// Channels-last work is two passes over each instance (N, L, C): reductions over blocks of kBlock rows,
+// the instance's statistics from its block sums, then the second pass, which should find the instance in
+// cache and wait at as few barriers as possible. With at least as many instances as threads, each thread
+// takes whole instances, one after the other, with no barrier, and runs the second pass over the blocks
+// in reverse, the most recently read first. With fewer, the threads share the blocks of a chunk of
+// instances, the fewest that give every thread a block (at::parallel_for hands each thread the same
+// blocks in both passes), at two barriers per chunk. ``slot``, in [0, slots()), names a scratch area for
+// an instance from its first pass to its second: its thread's in the first schedule, its place in the
+// chunk in the second.
+class InstanceSchedule {
+ public:
+  InstanceSchedule(int64_t N, int64_t blocks)
+      : N_(N), blocks_(blocks), threads_(at::get_num_threads()),
+        per_chunk_(std::min(N, std::max<int64_t>(1, (threads_ + blocks - 1) / blocks))) {}
+
+  int64_t slots() const { return whole_instances() ? threads_ : per_chunk_; }
+
+  // reduce(n, blk, slot) for every block, statistics(n), then apply(n, blk, slot) for every block
+  template <typename Reduce, typename Statistics, typename Apply>
+  void run(const Reduce& reduce, const Statistics& statistics, const Apply& apply) const {
+    if (whole_instances()) {
+      at::parallel_for(0, N_, 1, [&](int64_t begin, int64_t end) {
+        const int64_t slot = at::get_thread_num();
+        for (int64_t n = begin; n < end; ++n) {
+          for (int64_t blk = 0; blk < blocks_; ++blk) reduce(n, blk, slot);
+          statistics(n);
+          for (int64_t blk = blocks_ - 1; blk >= 0; --blk) apply(n, blk, slot);
+        }
+      });
+      return;
+    }
+    for (int64_t n0 = 0; n0 < N_; n0 += per_chunk_) {
+      const int64_t n1 = std::min(N_, n0 + per_chunk_);
+      at::parallel_for(n0 * blocks_, n1 * blocks_, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t nb = begin; nb < end; ++nb) reduce(nb / blocks_, nb % blocks_, nb / blocks_ - n0);
+      });
+      for (int64_t n = n0; n < n1; ++n) statistics(n);
+      at::parallel_for(n0 * blocks_, n1 * blocks_, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t nb = begin; nb < end; ++nb) apply(nb / blocks_, nb % blocks_, nb / blocks_ - n0);
+      });
+    }
+  }
+
+ private:
+  bool whole_instances() const { return N_ >= threads_; }
+  int64_t N_, blocks_, threads_, per_chunk_;
+};
 
 template <typename In>
 void forward_channels_last(const Tensor& x, const Tensor& v, const Tensor& w, const Tensor& b, Tensor& y,
@@ -162,14 +191,21 @@ void forward_channels_last(const Tensor& x, const Tensor& v, const Tensor& w, co
   const T *vp = v.const_data_ptr<T>(), *wp = w.const_data_ptr<T>(), *bp = b.const_data_ptr<T>();
   In* yp = y.mutable_data_ptr<In>();
   T *mp = mean.mutable_data_ptr<T>(), *rp = rstd.mutable_data_ptr<T>();
+  std::vector<double> s1(N * blocks * C, 0.0), s2(N * blocks * C, 0.0);
   std::vector<T> scale(N * C);
-  for_each_chunk(N, blocks, [&](int64_t n0, int64_t count) {
-    channels_last_statistics<T>(xp + n0 * L * C, count, C, L, groups, variant, eps, mp + n0 * groups, rp + n0 * groups);
-    for (int64_t n = n0; n < n0 + count; ++n)
-      for (int64_t c = 0; c < C; ++c) scale[n * C + c] = rp[n * groups + c / cg] * wp[c];
-    at::parallel_for(n0 * blocks, (n0 + count) * blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t nb = begin; nb < end; ++nb) {
-        const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+  InstanceSchedule(N, blocks).run(
+      [&](int64_t n, int64_t blk, int64_t) {
+        const int64_t l0 = blk * kBlock, offset = (n * blocks + blk) * C;
+        channel_block_moments(xp + (n * L + l0) * C, std::min(kBlock, L - l0), C, xp + n * L * C, s1.data() + offset,
+                              s2.data() + offset);
+      },
+      [&](int64_t n) {
+        instance_statistics(s1.data() + n * blocks * C, s2.data() + n * blocks * C, xp + n * L * C, blocks, C, L,
+                            groups, variant, eps, mp + n * groups, rp + n * groups);
+        for (int64_t c = 0; c < C; ++c) scale[n * C + c] = rp[n * groups + c / cg] * wp[c];
+      },
+      [&](int64_t n, int64_t blk, int64_t) {
+        const int64_t l0 = blk * kBlock, rows = std::min(kBlock, L - l0);
         const T* sc = scale.data() + n * C;
         for (int64_t l = l0; l < l0 + rows; ++l) {
           const In* xr = xp + (n * L + l) * C;
@@ -180,9 +216,7 @@ void forward_channels_last(const Tensor& x, const Tensor& v, const Tensor& w, co
             store(at::vec::fmadd(a, V::loadu(sc + c, cnt), V::loadu(bp + c, cnt)), yr + c, cnt);
           });
         }
-      }
-    });
-  });
+      });
 }
 
 // ---- backward -----------------------------------------------------------------------------------------
@@ -276,7 +310,8 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
   const T *mp = mean.const_data_ptr<T>(), *rp = rstd.const_data_ptr<T>();
   In* dxp = dx.mutable_data_ptr<In>();
   T* pp = partial.mutable_data_ptr<T>();  // (3, N, C) as in backward_contiguous
-  std::vector<double> sums;               // per block of the chunk: Σdy·a, Σdy, Σdy·a·(1−s)·x per channel
+  // per block: Σdy·a, Σdy, Σdy·a·(1−s)·x per channel
+  std::vector<double> sums(N * blocks * 3 * C);
   // per instance and channel: γ·r and μ, known before the sums, and coef, known after them
   std::vector<T> kvec(N * C), mvec(N * C), cvec(N * C);
   for (int64_t n = 0; n < N; ++n)
@@ -286,23 +321,21 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
     }
   // The reductions pass also writes dx's part at fixed statistics, dy·γ·r·∂a/∂x, into dx, and the second
   // pass adds the statistic's (x − μ)·coef: σ once per element, and no buffer beside dx. A half-type dx
-  // takes the part in a float buffer of the chunk instead, so that it is rounded once, at the end.
-  Tensor buffer = at::empty({0}, x.options().dtype(c10::CppTypeToScalarType<T>::value));
-  for_each_chunk(N, blocks, [&](int64_t n0, int64_t count) {
-    if (!std::is_same_v<T, In> && buffer.numel() < count * L * C) buffer = at::empty({count * L * C}, buffer.options());
-    T* const buffer_data = buffer.mutable_data_ptr<T>();
-    const auto fixed_part = [&](int64_t offset) -> T* {
-      if constexpr (std::is_same_v<T, In>) return dxp + offset;
-      else return buffer_data + offset - n0 * L * C;
-    };
-    sums.assign(count * blocks * 3 * C, 0.0);
-    at::parallel_for(n0 * blocks, (n0 + count) * blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> acc(3 * C);  // row by row (each row's C values are contiguous), L1-resident sums
-      T *acc_a = acc.data(), *acc_dy = acc.data() + C, *acc_v = acc.data() + 2 * C;
-      for (int64_t nb = begin; nb < end; ++nb) {
-        const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+  // takes the part in a float buffer per slot instead, so that it is rounded once, at the end.
+  const InstanceSchedule schedule(N, blocks);
+  const Tensor buffer = at::empty({std::is_same_v<T, In> ? 0 : schedule.slots() * L * C},
+                                  x.options().dtype(c10::CppTypeToScalarType<T>::value));
+  T* const buffer_data = buffer.mutable_data_ptr<T>();
+  const auto fixed_part = [&](int64_t n, int64_t slot, int64_t offset) -> T* {
+    if constexpr (std::is_same_v<T, In>) return dxp + offset;
+    else return buffer_data + offset + (slot - n) * L * C;
+  };
+  schedule.run(
+      [&](int64_t n, int64_t blk, int64_t slot) {
+        const int64_t l0 = blk * kBlock, rows = std::min(kBlock, L - l0);
         const T* kn = kvec.data() + n * C;
-        std::fill(acc.begin(), acc.end(), T(0));
+        std::vector<T> acc(3 * C, T(0));  // row by row (each row's C values are contiguous), L1-resident sums
+        T *acc_a = acc.data(), *acc_dy = acc.data() + C, *acc_v = acc.data() + 2 * C;
         for (int64_t l = l0; l < l0 + rows; ++l) {
           const int64_t row = (n * L + l) * C;
           for_each_vector<T>(C, [&](int64_t c, auto cnt) {
@@ -319,55 +352,48 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
             } else {
               at::vec::fmadd(d, xv, V::loadu(acc_a + c, cnt)).store(acc_a + c, cnt);
             }
-            e.store(fixed_part(row + c), cnt);
+            e.store(fixed_part(n, slot, row + c), cnt);
           });
         }
-        double* out = sums.data() + (nb - n0 * blocks) * 3 * C;
-        for (int64_t j = 0; j < 3 * C; ++j) out[j] = acc[j];
-      }
-    });
-    // per instance: channel sums, the partial parameter gradients and coef
-    std::vector<double> dy_a(C), dys(C), dvs(C);
-    for (int64_t n = n0; n < n0 + count; ++n) {
-      std::fill(dy_a.begin(), dy_a.end(), 0.0);
-      std::fill(dys.begin(), dys.end(), 0.0);
-      std::fill(dvs.begin(), dvs.end(), 0.0);
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const double* s = sums.data() + ((n - n0) * blocks + blk) * 3 * C;
-        for (int64_t c = 0; c < C; ++c) {
-          dy_a[c] += s[c];
-          dys[c] += s[C + c];
-          dvs[c] += s[2 * C + c];
+        std::copy(acc.begin(), acc.end(), sums.begin() + (n * blocks + blk) * 3 * C);
+      },
+      // the instance's channel sums, partial parameter gradients and coef
+      [&](int64_t n) {
+        std::vector<double> dy_a(C, 0.0), dys(C, 0.0), dvs(C, 0.0);
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          const double* s = sums.data() + (n * blocks + blk) * 3 * C;
+          for (int64_t c = 0; c < C; ++c) {
+            dy_a[c] += s[c];
+            dys[c] += s[C + c];
+            dvs[c] += s[2 * C + c];
+          }
         }
-      }
-      for (int64_t g = 0; g < groups; ++g) {
-        const double r = rp[n * groups + g];
-        double d_r = 0;
-        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) d_r += dy_a[c] * double(wp[c]);
-        const T coef = T(-r * r * r * d_r / double(cg * L));
-        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-          pp[n * C + c] = T(dy_a[c] * r);
-          pp[(N + n) * C + c] = T(dys[c]);
-          pp[(2 * N + n) * C + c] = T(dvs[c] * double(wp[c]) * r);
-          cvec[n * C + c] = coef;
+        for (int64_t g = 0; g < groups; ++g) {
+          const double r = rp[n * groups + g];
+          double d_r = 0;
+          for (int64_t c = g * cg; c < (g + 1) * cg; ++c) d_r += dy_a[c] * double(wp[c]);
+          const T coef = T(-r * r * r * d_r / double(cg * L));
+          for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+            pp[n * C + c] = T(dy_a[c] * r);
+            pp[(N + n) * C + c] = T(dys[c]);
+            pp[(2 * N + n) * C + c] = T(dvs[c] * double(wp[c]) * r);
+            cvec[n * C + c] = coef;
+          }
         }
-      }
-    }
-    at::parallel_for(n0 * blocks, (n0 + count) * blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t nb = begin; nb < end; ++nb) {
-        const int64_t n = nb / blocks, l0 = (nb % blocks) * kBlock, rows = std::min(kBlock, L - l0);
+      },
+      [&](int64_t n, int64_t blk, int64_t slot) {
+        const int64_t l0 = blk * kBlock, rows = std::min(kBlock, L - l0);
         const T *mn = mvec.data() + n * C, *cn = cvec.data() + n * C;
         for (int64_t l = l0; l < l0 + rows; ++l) {
           const int64_t row = (n * L + l) * C;
           for_each_vector<T>(C, [&](int64_t c, auto cnt) {
             V xv = load<T>(xp + row + c, cnt);
-            store(at::vec::fmadd(xv - V::loadu(mn + c, cnt), V::loadu(cn + c, cnt), V::loadu(fixed_part(row + c), cnt)),
+            store(at::vec::fmadd(xv - V::loadu(mn + c, cnt), V::loadu(cn + c, cnt),
+                                 V::loadu(fixed_part(n, slot, row + c), cnt)),
                   dxp + row + c, cnt);
           });
         }
-      }
-    });
-  });
+      });
 }
 
 // ---- operators ----------------------------------------------------------------------------------------

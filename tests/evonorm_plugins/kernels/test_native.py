@@ -133,6 +133,36 @@ def test_half_types_convert_in_the_kernels(name, dtype, channels_last):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+# (N, threads): whole instances per thread (N ≥ threads, two instances per thread and one alone); a chunk
+# of three instances shared by four threads (one block each); one instance, its blocks shared.
+SCHEDULES = [(5, 4), (3, 4), (1, 2)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("batch,threads", SCHEDULES, ids=["whole-instances", "chunk", "shared-blocks"])
+@pytest.mark.parametrize("name", sorted(S_LAYERS))
+def test_channels_last_schedules(name, batch, threads, dtype):
+    """The S-series channels-last kernels schedule instances by how many there are for the threads; each
+    schedule gives the contiguous kernels' results (with a half type, through its per-thread or per-chunk
+    float scratch)."""
+    layer = make(name, 16, 4, True)
+    size = (17, 16) if batch == 1 else (5, 3)  # several blocks of 256 rows where one instance is shared
+    x, grad = (torch.randn(batch, 16, *size) * 2).to(dtype), torch.randn(batch, 16, *size).to(dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y_cl, dx_cl, grads_cl = run(copy.deepcopy(layer), x.to(memory_format=torch.channels_last),
+                                    grad.to(memory_format=torch.channels_last), "compiled")
+        y, dx, grads = run(copy.deepcopy(layer), x, grad, "compiled")
+    finally:
+        torch.set_num_threads(before)
+    assert dx_cl.is_contiguous(memory_format=torch.channels_last)
+    tolerance = 1e-5 if dtype == torch.float32 else 2 * 2.0 ** -8
+    for got, expected in [(y_cl, y), (dx_cl, dx), *zip(grads_cl, grads)]:
+        scale = expected.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(got.float() / scale, expected.float() / scale, rtol=tolerance, atol=tolerance)
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 def test_inlined_sigmoid_far_out_and_nan(channels_last):
     """σ's inlined exp clamps its argument at ±88: with v·x out to ±600 outputs and gradients still match
