@@ -17,6 +17,7 @@
 // Sums accumulate in vectors of the compute type, rows (and blocks) are combined in double.
 #include <torch/library.h>
 
+#include <atomic>
 #include <tuple>
 
 #include "cpu_common.h"
@@ -135,8 +136,8 @@ void instance_statistics(const double* s1, const double* s2, const In* x0, int64
 // Channels-last work is two passes over each instance (N, L, C): reductions over blocks of kBlock rows,
 // the instance's statistics from its block sums, then the second pass, which should find the instance in
 // cache and wait at as few barriers as possible. With at least as many instances as threads, each thread
-// takes whole instances, one after the other, with no barrier, and runs the second pass over the blocks
-// in reverse, the most recently read first. With fewer, the threads share the blocks of a chunk of
+// takes whole instances, the next one not yet taken, with no barrier (a thread on a slower or busier
+// core does fewer), and runs the second pass over the blocks in reverse, the most recently read first. With fewer, the threads share the blocks of a chunk of
 // instances, the fewest that give every thread a block (at::parallel_for hands each thread the same
 // blocks in both passes), at two barriers per chunk. ``slot``, in [0, slots()), names a scratch area for
 // an instance from its first pass to its second: its thread's in the first schedule, its place in the
@@ -153,12 +154,14 @@ class InstanceSchedule {
   template <typename Reduce, typename Statistics, typename Apply>
   void run(const Reduce& reduce, const Statistics& statistics, const Apply& apply) const {
     if (whole_instances()) {
-      at::parallel_for(0, N_, 1, [&](int64_t begin, int64_t end) {
-        const int64_t slot = at::get_thread_num();
-        for (int64_t n = begin; n < end; ++n) {
-          for (int64_t blk = 0; blk < blocks_; ++blk) reduce(n, blk, slot);
-          statistics(n);
-          for (int64_t blk = blocks_ - 1; blk >= 0; --blk) apply(n, blk, slot);
+      std::atomic<int64_t> next{0};
+      at::parallel_for(0, threads_, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t slot = begin; slot < end; ++slot) {
+          for (int64_t n = next++; n < N_; n = next++) {
+            for (int64_t blk = 0; blk < blocks_; ++blk) reduce(n, blk, slot);
+            statistics(n);
+            for (int64_t blk = blocks_ - 1; blk >= 0; --blk) apply(n, blk, slot);
+          }
         }
       });
       return;

@@ -133,8 +133,8 @@ def test_half_types_convert_in_the_kernels(name, dtype, channels_last):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-# (N, threads): whole instances per thread (N ≥ threads, two instances per thread and one alone); a chunk
-# of three instances shared by four threads (one block each); one instance, its blocks shared.
+# (N, threads): whole instances per thread (N ≥ threads, handed out one at a time); a chunk of three
+# instances shared by four threads (one block each); one instance, its blocks shared.
 SCHEDULES = [(5, 4), (3, 4), (1, 2)]
 
 
