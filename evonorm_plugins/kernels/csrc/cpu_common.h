@@ -98,20 +98,30 @@ inline double row_centred_squares(const In* x, int64_t n, at::opmath_type<In> me
 }
 
 // Channels-last (N, L, C): per-channel sums over blocks of L, shifted by the instance's first value of
-// the channel (one pass, accurate when the shift is near the mean), combined by the caller.
+// the channel (one pass, accurate when the shift is near the mean), combined by the caller. ``also(l, c,
+// x, count)`` sees each vector as it is read (row l of the block, channels from c), for a kernel that
+// does more in the same pass.
 constexpr int64_t kBlock = 256;
 
-template <typename In>
-void channel_block_moments(const In* x, int64_t rows, int64_t C, const In* shift, double* s1, double* s2) {
+struct Nothing {
+  template <typename... Args>
+  void operator()(Args&&...) const {}
+};
+
+template <typename In, typename Also = Nothing>
+void channel_block_moments(const In* x, int64_t rows, int64_t C, const In* shift, double* s1, double* s2,
+                           const Also& also = {}) {
   using T = at::opmath_type<In>;
   using V = Vectorized<T>;
   std::vector<T> acc(2 * C, T(0));  // row by row, the running sums in an L1-resident block
   T *a1 = acc.data(), *a2 = acc.data() + C;
   for (int64_t l = 0; l < rows; ++l) {
     for_each_vector<T>(C, [&](int64_t c, auto cnt) {
-      V d = load<T>(x + l * C + c, cnt) - load<T>(shift + c, cnt);
+      const V xv = load<T>(x + l * C + c, cnt);
+      V d = xv - load<T>(shift + c, cnt);
       (V::loadu(a1 + c, cnt) + d).store(a1 + c, cnt);
       at::vec::fmadd(d, d, V::loadu(a2 + c, cnt)).store(a2 + c, cnt);
+      also(l, c, xv, cnt);
     });
   }
   for (int64_t c = 0; c < C; ++c) {

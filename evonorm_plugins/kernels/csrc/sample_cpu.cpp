@@ -196,11 +196,23 @@ void forward_channels_last(const Tensor& x, const Tensor& v, const Tensor& w, co
   T *mp = mean.mutable_data_ptr<T>(), *rp = rstd.mutable_data_ptr<T>();
   std::vector<double> s1(N * blocks * C, 0.0), s2(N * blocks * C, 0.0);
   std::vector<T> scale(N * C);
+  // A float output takes a = x·σ(v·x) in the reductions pass, and the second pass only scales it: σ
+  // overlaps the first pass's reads from memory, and the second reads y rather than x, as much but no
+  // σ. A half-type y would round a twice, so it takes σ in the second pass.
+  constexpr bool a_first = std::is_same_v<T, In>;
   InstanceSchedule(N, blocks).run(
       [&](int64_t n, int64_t blk, int64_t) {
         const int64_t l0 = blk * kBlock, offset = (n * blocks + blk) * C;
-        channel_block_moments(xp + (n * L + l0) * C, std::min(kBlock, L - l0), C, xp + n * L * C, s1.data() + offset,
-                              s2.data() + offset);
+        In* const yb = yp + (n * L + l0) * C;
+        const auto activation = [&](int64_t l, int64_t c, const V& xv, auto cnt) {
+          if constexpr (a_first) (xv * sigmoid(xv * V::loadu(vp + c, cnt))).store(yb + l * C + c, cnt);
+        };
+        if (a_first && act)
+          channel_block_moments(xp + (n * L + l0) * C, std::min(kBlock, L - l0), C, xp + n * L * C, s1.data() + offset,
+                                s2.data() + offset, activation);
+        else
+          channel_block_moments(xp + (n * L + l0) * C, std::min(kBlock, L - l0), C, xp + n * L * C, s1.data() + offset,
+                                s2.data() + offset);
       },
       [&](int64_t n) {
         instance_statistics(s1.data() + n * blocks * C, s2.data() + n * blocks * C, xp + n * L * C, blocks, C, L,
@@ -214,8 +226,13 @@ void forward_channels_last(const Tensor& x, const Tensor& v, const Tensor& w, co
           const In* xr = xp + (n * L + l) * C;
           In* yr = yp + (n * L + l) * C;
           for_each_vector<T>(C, [&](int64_t c, auto cnt) {
-            V xv = load<T>(xr + c, cnt);
-            V a = act ? xv * sigmoid(xv * V::loadu(vp + c, cnt)) : xv;
+            V a;
+            if (a_first && act) {
+              a = load<T>(yr + c, cnt);
+            } else {
+              V xv = load<T>(xr + c, cnt);
+              a = act ? xv * sigmoid(xv * V::loadu(vp + c, cnt)) : xv;
+            }
             store(at::vec::fmadd(a, V::loadu(sc + c, cnt), V::loadu(bp + c, cnt)), yr + c, cnt);
           });
         }

@@ -1,0 +1,57 @@
+"""The kernel benchmark's bookkeeping (not its timings): rows per shape, layer, operator and format,
+the channels_last ÷ contiguous ratio, the threads-apart mode and its input checks."""
+import importlib.util
+import warnings
+
+import pytest
+import torch
+
+from evonorm_plugins.kernels import common, native
+
+from support import ROOT
+
+SPEC = importlib.util.spec_from_file_location("bench_kernels", ROOT / "benchmarks" / "kernels.py")
+bench = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(bench)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", common.KernelCompileWarning)
+        if not native.available():
+            pytest.skip(f"the CPU kernels did not build here: {native._state.get('error')}")
+
+
+def test_rows_pair_each_operator_across_formats(capsys):
+    rows = bench.main(["--shapes", "4x32x4x4", "--layers", "S0", "B1", "--rounds", "3"])
+    keys = {(r["layer"], r["op"], r["format"]) for r in rows}
+    assert keys == {(layer, op, fmt) for layer in ("S0", "B1") for op in ("forward", "backward")
+                    for fmt in ("contiguous", "channels_last")}
+    by_key = {(r["layer"], r["op"], r["format"]): r for r in rows}
+    for layer, op, fmt in keys:
+        row = by_key[(layer, op, fmt)]
+        assert 0 < row["p25_ms"] <= row["median_ms"]
+        expected = row["median_ms"] / by_key[(layer, op, "contiguous")]["median_ms"]
+        assert row["vs_contiguous"] == pytest.approx(expected)
+    assert "| 4x32x4x4 | S0 | backward | channels_last |" in capsys.readouterr().out
+
+
+def test_apart_gives_each_thread_its_share():
+    threads = torch.get_num_threads()
+    rows = bench.main(["--shapes", "4x32x4x4", "--layers", "S2", "--rounds", "2", "--apart", "2"])
+    assert torch.get_num_threads() == threads  # restored
+    assert {r["thread"] for r in rows} == {0, 1}
+    assert {r["shape"] for r in rows} == {"2x32x4x4"}
+    assert len(rows) == 2 * 2 * 2  # threads × formats × operators
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--shapes", "4x30x4x4"], None),  # C not a multiple of the groups: argparse's error
+    (["--shapes", "3x32x4x4", "--apart", "2", "--rounds", "1"], "not a multiple"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv)
+    text = str(exit_info.value.code) + capsys.readouterr().err
+    assert (message or "multiple of 32") in text
