@@ -55,3 +55,27 @@ def test_bad_input_is_one_line(argv, message, capsys):
         bench.main(argv)
     text = str(exit_info.value.code) + capsys.readouterr().err
     assert (message or "multiple of 32") in text
+
+
+def test_other_sources_register_under_their_own_namespace():
+    source = (ROOT / "evonorm_plugins" / "kernels" / "csrc" / "batch_cpu.cpp").read_text()
+    text = bench.renamed(source, "evonorm_ab_x")
+    assert "TORCH_LIBRARY_FRAGMENT(evonorm_ab_x, m)" in text and "TORCH_LIBRARY_IMPL(evonorm_ab_x, CPU, m)" in text
+    assert "(evonorm_cpu," not in text
+    assert "namespace evonorm_cpu" in bench.renamed("using namespace evonorm_cpu;", "evonorm_ab_x")  # C++ names stay
+
+
+def test_against_a_folder_without_the_sources_is_one_line(tmp_path):
+    (tmp_path / "sample_cpu.cpp").write_text("")
+    with pytest.raises(SystemExit, match="no batch_cpu.cpp, cpu_common.h there"):
+        bench.main(["--shapes", "2x32x2x2", "--rounds", "1", "--against", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_against_times_both_builds_in_one_run(tmp_path):
+    """Builds this tree's sources again under another namespace (about a minute): same numbers."""
+    for name in ("sample_cpu.cpp", "batch_cpu.cpp", "cpu_common.h"):
+        (tmp_path / name).write_text((ROOT / "evonorm_plugins" / "kernels" / "csrc" / name).read_text())
+    rows = bench.main(["--shapes", "2x32x4x4", "--layers", "S0", "B0", "--rounds", "2", "--against", str(tmp_path)])
+    assert {r["kernels"] for r in rows} == {"this tree", tmp_path.name}
+    assert len(rows) == 2 * 2 * 2 * 2  # builds × layers × operators × formats
