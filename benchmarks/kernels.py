@@ -196,6 +196,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     args = parser.parse_args(argv)
     if any(shape[1] % GROUPS for shape in args.shapes):
         parser.error(f"C must be a multiple of {GROUPS} (the S-series' groups)")
+    if args.rounds < 1 or (args.apart is not None and args.apart < 1):
+        parser.error("--rounds and --apart take a count of at least 1")
+    if args.apart and args.against:
+        parser.error("--apart times this tree's kernels only; drop --against or run it separately")
     if not native.available():
         raise SystemExit(f"the hand-written kernels did not build here: {native._state.get('error')}")
     if args.threads:
@@ -210,7 +214,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
             missing = [name for name in ("sample_cpu.cpp", "batch_cpu.cpp", "cpu_common.h") if not (args.against / name).is_file()]
             if missing:
                 raise SystemExit(f"--against {args.against}: no {', '.join(missing)} there; give a folder with the three kernel sources")
-            kernels[args.against.name] = load_kernels(args.against)
+            try:
+                kernels[args.against.name] = load_kernels(args.against)
+            except RuntimeError as error:  # the compiler's log: its first error line says enough
+                first = next((line for line in str(error).splitlines() if "error:" in line), str(error).splitlines()[-1])
+                raise SystemExit(f"--against {args.against}: the sources did not build: {first.strip()}") from None
         rows = interleaved(args.shapes, args.layers, dtype, args.rounds, kernels)
     print(table(rows))
     return rows

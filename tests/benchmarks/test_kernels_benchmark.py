@@ -49,6 +49,8 @@ def test_apart_gives_each_thread_its_share():
 @pytest.mark.parametrize("argv,message", [
     (["--shapes", "4x30x4x4"], None),  # C not a multiple of the groups: argparse's error
     (["--shapes", "3x32x4x4", "--apart", "2", "--rounds", "1"], "not a multiple"),
+    (["--rounds", "0"], "at least 1"),
+    (["--apart", "2", "--against", "."], "drop --against"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -68,6 +70,15 @@ def test_other_sources_register_under_their_own_namespace():
 def test_against_a_folder_without_the_sources_is_one_line(tmp_path):
     (tmp_path / "sample_cpu.cpp").write_text("")
     with pytest.raises(SystemExit, match="no batch_cpu.cpp, cpu_common.h there"):
+        bench.main(["--shapes", "2x32x2x2", "--rounds", "1", "--against", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_against_sources_that_do_not_build_is_one_line(tmp_path):
+    for name in ("sample_cpu.cpp", "batch_cpu.cpp", "cpu_common.h"):
+        (tmp_path / name).write_text((ROOT / "evonorm_plugins" / "kernels" / "csrc" / name).read_text())
+    (tmp_path / "batch_cpu.cpp").write_text("this is not C++;\n")
+    with pytest.raises(SystemExit, match="the sources did not build: .*error:"):
         bench.main(["--shapes", "2x32x2x2", "--rounds", "1", "--against", str(tmp_path)])
 
 
