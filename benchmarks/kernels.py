@@ -94,8 +94,10 @@ def load_kernels(directory: Path) -> object:
     namespace = "evonorm_ab_" + hashlib.sha256("".join(files.values()).encode()).hexdigest()[:10]
     build = Path(tempfile.gettempdir()) / namespace
     build.mkdir(exist_ok=True)
-    for name, text in files.items():
-        (build / name).write_text(renamed(text, namespace))
+    for name, text in files.items():  # rewritten only when changed: ninja rebuilds what is newer
+        target, text = build / name, renamed(text, namespace)
+        if not target.is_file() or target.read_text() != text:
+            target.write_text(text)
     from torch.utils import cpp_extension
 
     flags = ["-O3", "-fopenmp", *native._CAPABILITY_FLAGS.get(native._capability(), [])]
@@ -162,11 +164,21 @@ def apart(shapes: Sequence[Tuple[int, ...]], layers: Sequence[str], dtype: torch
 def apart_rows(part: Tuple[int, ...], fmt: str, layer: str, dtype: torch.dtype, rounds: int, threads: int) -> List[dict]:
     steps = [step_for(layer, inputs(part, dtype)[fmt], torch.ops.evonorm_cpu) for _ in range(threads)]
     times: List[List[Tuple[float, float]]] = [[] for _ in range(threads)]
-    workers = [threading.Thread(target=lambda i=i: times[i].extend(steps[i]() for _ in range(rounds + 1))) for i in range(threads)]
+    errors: List[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            times[i].extend(steps[i]() for _ in range(rounds + 1))
+        except BaseException as error:  # raised again in the calling thread
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
+    if errors:
+        raise errors[0]
     rows = []
     for i, measured in enumerate(times):
         for op, index in (("forward", 0), ("backward", 1)):
@@ -196,36 +208,43 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     args = parser.parse_args(argv)
     if any(shape[1] % GROUPS for shape in args.shapes):
         parser.error(f"C must be a multiple of {GROUPS} (the S-series' groups)")
-    if args.rounds < 1 or (args.apart is not None and args.apart < 1):
-        parser.error("--rounds and --apart take a count of at least 1")
+    if args.rounds < 1 or any(count is not None and count < 1 for count in (args.apart, args.threads)):
+        parser.error("--rounds, --threads and --apart take a count of at least 1")
     if args.apart and args.against:
         parser.error("--apart times this tree's kernels only; drop --against or run it separately")
     if not native.available():
         raise SystemExit(f"the hand-written kernels did not build here: {native._state.get('error')}")
+    before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        rows = measure(args)
+    finally:
+        torch.set_num_threads(before)
+    print(table(rows))
+    return rows
+
+
+def measure(args: argparse.Namespace) -> List[dict]:
     dtype = getattr(torch, args.dtype)
     print(f"torch {torch.__version__}, {args.dtype}, " + (f"{args.apart} threads apart" if args.apart else f"{torch.get_num_threads()} CPU threads"))
     if args.apart:
-        rows = apart(args.shapes, args.layers, dtype, args.rounds, args.apart)
-    else:
-        kernels = {"this tree": torch.ops.evonorm_cpu}
-        if args.against:
-            missing = [name for name in ("sample_cpu.cpp", "batch_cpu.cpp", "cpu_common.h") if not (args.against / name).is_file()]
-            if missing:
-                raise SystemExit(f"--against {args.against}: no {', '.join(missing)} there; give a folder with the three kernel sources")
-            try:
-                kernels[args.against.name] = load_kernels(args.against)
-            except RuntimeError as error:  # the compiler's log: its first error line says enough
-                first = next((line for line in str(error).splitlines() if "error:" in line), str(error).splitlines()[-1])
-                raise SystemExit(f"--against {args.against}: the sources did not build: {first.strip()}") from None
-        rows = interleaved(args.shapes, args.layers, dtype, args.rounds, kernels)
-    print(table(rows))
-    return rows
+        return apart(args.shapes, args.layers, dtype, args.rounds, args.apart)
+    kernels = {"this tree": torch.ops.evonorm_cpu}
+    if args.against:
+        missing = [name for name in ("sample_cpu.cpp", "batch_cpu.cpp", "cpu_common.h") if not (args.against / name).is_file()]
+        if missing:
+            raise SystemExit(f"--against {args.against}: no {', '.join(missing)} there; give a folder with the three kernel sources")
+        try:
+            kernels[args.against.resolve().name] = load_kernels(args.against)
+        except RuntimeError as error:  # the compiler's log: its first error line says enough
+            first = next((line for line in str(error).splitlines() if "error:" in line), str(error).splitlines()[-1])
+            raise SystemExit(f"--against {args.against}: the sources did not build: {first.strip()}") from None
+    return interleaved(args.shapes, args.layers, dtype, args.rounds, kernels)
 
 
 if __name__ == "__main__":
     if sys.platform.startswith("linux") and "GLIBC_TUNABLES" not in os.environ:
         os.environ["GLIBC_TUNABLES"] = STEADY_MALLOC
-        os.execv(sys.executable, [sys.executable, *sys.argv])
-    sys.exit(main() and 0)
+        os.execv(sys.executable, sys.orig_argv)  # the same command, interpreter flags included
+    main()

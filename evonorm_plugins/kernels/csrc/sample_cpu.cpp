@@ -8,9 +8,10 @@
 //    from its reduction pass for its dx pass in a per-thread scratch row (one σ per element instead of
 //    two, and x and dy read from memory once);
 //  * channels-last input (N, L, C): reductions vectorized across the contiguous channels over blocks of
-//    L, combined per instance; a statistic then needs a whole instance before its second pass, so each
-//    thread takes whole instances (see InstanceSchedule), and the backward's reductions pass writes dx's
-//    part at fixed statistics (all that needs σ) into dx, and the second pass adds the statistic's part;
+//    L, combined per instance; a statistic then needs a whole instance before its second pass, so the
+//    threads take whole instances where there are enough (see InstanceSchedule), and the backward's
+//    reductions pass writes dx's part at fixed statistics (all that needs σ) into dx, and the second
+//    pass adds the statistic's part;
 //  * σ itself with its exp inlined (see sigmoid).
 // Half-type tensors (bf16, fp16) are read and written as such and computed in float (load and store in
 // cpu_common.h).
@@ -135,38 +136,38 @@ void instance_statistics(const double* s1, const double* s2, const In* x0, int64
 
 // Channels-last work is two passes over each instance (N, L, C): reductions over blocks of kBlock rows,
 // the instance's statistics from its block sums, then the second pass, which should find the instance in
-// cache and wait at as few barriers as possible. With at least as many instances as threads, each thread
-// takes whole instances, the next one not yet taken, with no barrier (a thread on a slower or busier
-// core does fewer), and runs the second pass over the blocks in reverse, the most recently read first. With fewer, the threads share the blocks of a chunk of
-// instances, the fewest that give every thread a block (at::parallel_for hands each thread the same
-// blocks in both passes), at two barriers per chunk. ``slot``, in [0, slots()), names a scratch area for
-// an instance from its first pass to its second: its thread's in the first schedule, its place in the
-// chunk in the second.
+// cache and wait at as few barriers as possible. As many instances as fill every thread (the largest
+// multiple of the thread count) go whole to one thread each, the next one not yet taken (a thread on a
+// slower or busier core takes fewer), with no barrier, the second pass over the blocks in reverse, the
+// most recently read first. The rest, fewer than the threads (a whole batch smaller than the thread
+// count), go in chunks of instances whose blocks the threads share, the fewest instances that give every
+// thread a block (at::parallel_for hands each thread the same blocks in both passes), at two barriers
+// per chunk. ``slot``, in [0, slots()), names a scratch area for an instance from its first pass to its
+// second: its thread's for a whole instance, its place in its chunk for a shared one.
 class InstanceSchedule {
  public:
   InstanceSchedule(int64_t N, int64_t blocks)
-      : N_(N), blocks_(blocks), threads_(at::get_num_threads()),
-        per_chunk_(std::min(N, std::max<int64_t>(1, (threads_ + blocks - 1) / blocks))) {}
+      : N_(N), blocks_(blocks), threads_(at::get_num_threads()), whole_(N / threads_ * threads_),
+        per_chunk_(std::min(N - whole_, std::max<int64_t>(1, (threads_ + blocks - 1) / blocks))) {}
 
-  int64_t slots() const { return whole_instances() ? threads_ : per_chunk_; }
+  int64_t slots() const { return std::max(whole_ > 0 ? threads_ : 0, per_chunk_); }
 
   // reduce(n, blk, slot) for every block, statistics(n), then apply(n, blk, slot) for every block
   template <typename Reduce, typename Statistics, typename Apply>
   void run(const Reduce& reduce, const Statistics& statistics, const Apply& apply) const {
-    if (whole_instances()) {
+    if (whole_ > 0) {
       std::atomic<int64_t> next{0};
       at::parallel_for(0, threads_, 1, [&](int64_t begin, int64_t end) {
         for (int64_t slot = begin; slot < end; ++slot) {
-          for (int64_t n = next++; n < N_; n = next++) {
+          for (int64_t n = next++; n < whole_; n = next++) {
             for (int64_t blk = 0; blk < blocks_; ++blk) reduce(n, blk, slot);
             statistics(n);
             for (int64_t blk = blocks_ - 1; blk >= 0; --blk) apply(n, blk, slot);
           }
         }
       });
-      return;
     }
-    for (int64_t n0 = 0; n0 < N_; n0 += per_chunk_) {
+    for (int64_t n0 = whole_; n0 < N_; n0 += per_chunk_) {
       const int64_t n1 = std::min(N_, n0 + per_chunk_);
       at::parallel_for(n0 * blocks_, n1 * blocks_, 1, [&](int64_t begin, int64_t end) {
         for (int64_t nb = begin; nb < end; ++nb) reduce(nb / blocks_, nb % blocks_, nb / blocks_ - n0);
@@ -179,8 +180,7 @@ class InstanceSchedule {
   }
 
  private:
-  bool whole_instances() const { return N_ >= threads_; }
-  int64_t N_, blocks_, threads_, per_chunk_;
+  int64_t N_, blocks_, threads_, whole_, per_chunk_;
 };
 
 template <typename In>
@@ -348,7 +348,7 @@ void backward_channels_last(const Tensor& dy, const Tensor& x, const Tensor& v, 
   T* const buffer_data = buffer.mutable_data_ptr<T>();
   const auto fixed_part = [&](int64_t n, int64_t slot, int64_t offset) -> T* {
     if constexpr (std::is_same_v<T, In>) return dxp + offset;
-    else return buffer_data + offset + (slot - n) * L * C;
+    else return buffer_data + (offset + (slot - n) * L * C);
   };
   schedule.run(
       [&](int64_t n, int64_t blk, int64_t slot) {

@@ -133,20 +133,20 @@ def test_half_types_convert_in_the_kernels(name, dtype, channels_last):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-# (N, threads): whole instances per thread (N ≥ threads, handed out one at a time); a chunk of three
-# instances shared by four threads (one block each); one instance, its blocks shared.
-SCHEDULES = [(5, 4), (3, 4), (1, 2)]
+# (N, threads, H×W): whole instances, handed out one at a time (four), then one shared by all threads
+# (its one block to one of them); one chunk of three instances shared by four threads; two chunks, {0, 1}
+# and {2}, of two blocks each; one instance, its blocks shared.
+SCHEDULES = [(5, 4, (5, 3)), (3, 4, (5, 3)), (3, 4, (17, 16)), (1, 2, (17, 16))]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("batch,threads", SCHEDULES, ids=["whole-instances", "chunk", "shared-blocks"])
+@pytest.mark.parametrize("batch,threads,size", SCHEDULES, ids=["whole-then-shared", "chunk", "chunks", "shared-blocks"])
 @pytest.mark.parametrize("name", sorted(S_LAYERS))
-def test_channels_last_schedules(name, batch, threads, dtype):
+def test_channels_last_schedules(name, batch, threads, size, dtype):
     """The S-series channels-last kernels schedule instances by how many there are for the threads; each
     schedule gives the contiguous kernels' results (with a half type, through its per-thread or per-chunk
     float scratch)."""
     layer = make(name, 16, 4, True)
-    size = (17, 16) if batch == 1 else (5, 3)  # several blocks of 256 rows where one instance is shared
     x, grad = (torch.randn(batch, 16, *size) * 2).to(dtype), torch.randn(batch, 16, *size).to(dtype)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
