@@ -46,3 +46,16 @@ def inductor():
     """Skips a test that needs torch.compile with Inductor where no C++ compiler works."""
     if not inductor_works():
         pytest.skip("torch.compile's Inductor backend does not work here (no working C++ compiler)")
+
+
+@pytest.fixture(scope="session")
+def native_kernels():
+    """Skips a test that needs the hand-written CPU kernels where they do not build (no C++ compiler)."""
+    import warnings
+
+    from evonorm_plugins.kernels import common, native
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", common.KernelCompileWarning)
+        if not native.available():
+            pytest.skip(f"the CPU kernels did not build here: {native._state.get('error')}")

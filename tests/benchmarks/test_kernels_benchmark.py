@@ -1,12 +1,9 @@
 """The kernel benchmark's bookkeeping (not its timings): rows per shape, layer, operator and format,
 the channels_last ÷ contiguous ratio, the threads-apart mode and its input checks."""
 import importlib.util
-import warnings
 
 import pytest
 import torch
-
-from evonorm_plugins.kernels import common, native
 
 from support import ROOT
 
@@ -15,12 +12,7 @@ bench = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(bench)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def built():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", common.KernelCompileWarning)
-        if not native.available():
-            pytest.skip(f"the CPU kernels did not build here: {native._state.get('error')}")
+pytestmark = pytest.mark.usefixtures("native_kernels")
 
 
 def test_rows_pair_each_operator_across_formats(capsys):
@@ -73,10 +65,14 @@ def test_against_a_folder_without_the_sources_is_one_line(tmp_path):
         bench.main(["--shapes", "2x32x2x2", "--rounds", "1", "--against", str(tmp_path)])
 
 
+def copy_sources(folder):
+    for name in ("sample_cpu.cpp", "batch_cpu.cpp", "cpu_common.h"):
+        (folder / name).write_text((ROOT / "evonorm_plugins" / "kernels" / "csrc" / name).read_text())
+
+
 @pytest.mark.slow
 def test_against_sources_that_do_not_build_is_one_line(tmp_path):
-    for name in ("sample_cpu.cpp", "batch_cpu.cpp", "cpu_common.h"):
-        (tmp_path / name).write_text((ROOT / "evonorm_plugins" / "kernels" / "csrc" / name).read_text())
+    copy_sources(tmp_path)
     (tmp_path / "batch_cpu.cpp").write_text("this is not C++;\n")
     with pytest.raises(SystemExit, match="the sources did not build: .*error:"):
         bench.main(["--shapes", "2x32x2x2", "--rounds", "1", "--against", str(tmp_path)])
@@ -85,8 +81,7 @@ def test_against_sources_that_do_not_build_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_against_times_both_builds_in_one_run(tmp_path):
     """Builds this tree's sources again under another namespace (about a minute): same numbers."""
-    for name in ("sample_cpu.cpp", "batch_cpu.cpp", "cpu_common.h"):
-        (tmp_path / name).write_text((ROOT / "evonorm_plugins" / "kernels" / "csrc" / name).read_text())
+    copy_sources(tmp_path)
     rows = bench.main(["--shapes", "2x32x4x4", "--layers", "S0", "B0", "--rounds", "2", "--against", str(tmp_path)])
     assert {r["kernels"] for r in rows} == {"this tree", tmp_path.name}
     assert len(rows) == 2 * 2 * 2 * 2  # builds × layers × operators × formats

@@ -13,13 +13,7 @@ from evonorm_plugins.kernels import common, native
 
 from support import B_LAYERS, S_LAYERS, randomize_parameters
 
-
-@pytest.fixture(scope="module", autouse=True)
-def built():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", common.KernelCompileWarning)
-        if not native.available():
-            pytest.skip(f"the CPU kernels did not build here: {native._state.get('error')}")
+pytestmark = pytest.mark.usefixtures("native_kernels")
 
 
 # Groups of several channels; C = groups (one channel per group); L with a vector tail (5×7); one value
